@@ -1,0 +1,8 @@
+"""implicitvi: implicit variational inference for NumPyro, with score estimation in JAX."""
+
+from implicitvi import entropy, estimators, kernels, nets, objectives
+from implicitvi.estimators import estimate_score
+
+__version__ = "0.1.0"
+
+__all__ = ["entropy", "estimate_score", "estimators", "kernels", "nets", "objectives"]

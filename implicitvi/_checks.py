@@ -1,0 +1,91 @@
+"""Argument checks shared by the public entry points.
+
+Shape and dtype checks work on tracers too (shapes are static under ``jit``); checks on
+values (NaN, inf, identical rows) run only when the array is concrete, i.e. outside
+``jit``/``vmap``, because a traced value cannot be inspected without a host sync.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(x, name: str) -> jax.Array:
+    """Return ``x`` as a floating JAX array, or raise ``TypeError`` naming ``name``."""
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an array of floats, got {type(x).__name__}") from err
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(f"{name} must be an array of floats, got dtype {arr.dtype}")
+    return arr
+
+
+def check_finite(arr: jax.Array, name: str) -> None:
+    if is_concrete(arr) and not bool(np.all(np.isfinite(np.asarray(arr)))):
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def check_samples(samples, name: str = "samples", min_rows: int = 2) -> jax.Array:
+    """Validate a sample matrix of shape (n, d): floating, 2-D, n >= min_rows, d >= 1, finite."""
+    arr = as_float_array(samples, name)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (num_samples, dim), got shape {tuple(arr.shape)}"
+        )
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} rows, got {arr.shape[0]}")
+    if arr.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column, got shape {tuple(arr.shape)}")
+    check_finite(arr, name)
+    return arr
+
+
+def check_not_degenerate(arr: jax.Array, name: str = "samples") -> None:
+    """Raise if every row of a concrete sample matrix is the same point."""
+    if is_concrete(arr):
+        host = np.asarray(arr)
+        if np.all(host == host[:1]):
+            raise ValueError(
+                f"{name}: all {host.shape[0]} rows are identical; the score of a point mass is "
+                "undefined (add noise or pass distinct samples)"
+            )
+
+
+def check_queries(queries, dim: int, name: str = "queries") -> jax.Array:
+    arr = check_samples(queries, name, min_rows=1)
+    if arr.shape[1] != dim:
+        raise ValueError(
+            f"{name} must have {dim} columns to match the samples, got shape {tuple(arr.shape)}"
+        )
+    return arr
+
+
+def check_positive(value, name: str, allow_none: bool = False, allow_zero: bool = False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value}")
+
+
+def check_choice(value, name: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+
+
+def check_positive_int(value, name: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")

@@ -1,0 +1,60 @@
+r"""Entropy-gradient surrogates for samplers without a density.
+
+For a sampler :math:`z = f_\phi(\epsilon)`, :math:`\epsilon \sim p(\epsilon)`, the entropy
+:math:`H[q_\phi] = -\mathbb{E}_{q_\phi}[\log q_\phi(z)]` has the gradient
+
+.. math:: \nabla_\phi H[q_\phi] = -\mathbb{E}_\epsilon\big[\nabla_z \log q_\phi(z)^\top\,
+   \partial f_\phi(\epsilon) / \partial \phi\big]_{z = f_\phi(\epsilon)}
+
+(the term :math:`\mathbb{E}_q[\nabla_\phi \log q_\phi(z)]` at fixed ``z`` vanishes). Given scores
+:math:`s(z) \approx \nabla_z \log q_\phi(z)` at the drawn ``z``, the scalar
+
+.. math:: \mathcal{S}(\phi) = -\frac1n \sum_i \operatorname{sg}[s(z_i)]^\top z_i,
+   \qquad z_i = f_\phi(\epsilon_i)
+
+(``sg`` = stop-gradient) has exactly that gradient in expectation. Its *value* is not the entropy;
+only its gradient is meaningful. For an amortized sampler :math:`z = f_\phi(\epsilon, x)` the same
+scalar with conditional scores :math:`s(z_i \mid x_i)` has gradient
+:math:`\nabla_\phi \frac1n\sum_i H[q_\phi(\cdot \mid x_i)]`: the conditional form is the same
+formula with a conditional estimator.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from implicitvi.estimators.base import ScoreEstimator
+
+__all__ = ["surrogate", "estimated_surrogate"]
+
+
+def surrogate(samples: jax.Array, scores: jax.Array) -> jax.Array:
+    """Entropy surrogate ``−mean_i sg(scores_i) · samples_i``.
+
+    Args:
+        samples: ``(..., n, d)`` reparameterized draws ``z = f_φ(ε)`` (differentiable in φ).
+        scores: ``(..., n, d)`` scores ``∇_z log q(z)`` at the draws (gradients are stopped).
+
+    Returns:
+        A scalar whose φ-gradient estimates ``∇_φ H[q_φ]`` (mean over all leading axes).
+    """
+    if samples.shape != scores.shape:
+        raise ValueError(
+            f"samples and scores must have the same shape, got {samples.shape} and {scores.shape}"
+        )
+    per_draw = jnp.sum(jax.lax.stop_gradient(scores) * samples, axis=-1)
+    return -jnp.mean(per_draw)
+
+
+def estimated_surrogate(
+    estimator: ScoreEstimator, state, samples: jax.Array, context: jax.Array | None = None
+) -> jax.Array:
+    """:func:`surrogate` with scores from a fitted ``estimator`` state, queried at ``samples``.
+
+    The estimator is queried at the (stop-gradiented) samples through ``score(state, ...)``; for
+    kernel estimators fitted on these very samples prefer ``surrogate(samples,
+    estimator.score(state))`` to use the in-sample estimate.
+    """
+    scores = estimator.score(state, jax.lax.stop_gradient(samples), context)
+    return surrogate(samples, scores)

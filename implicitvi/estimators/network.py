@@ -1,0 +1,160 @@
+r"""Score network trained by a score-matching objective on the incoming particles.
+
+A network :math:`s_\theta(z)` — or :math:`s_\theta(z \mid c)` on the concatenation ``[z, c]`` when
+``conditional=True`` — is trained by one of the objectives of :mod:`implicitvi.objectives` on the
+samples it is given. Inside variational inference the samples change a little with every step of
+the sampler, so each :meth:`ScoreNet.update` takes ``steps_per_update`` optimizer steps starting
+from the previous parameters (warm start): the network tracks the moving distribution, as in
+Song, Garg, Shi & Ermon (UAI 2019, §5.2) where it is trained on the sampler's own particles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from implicitvi import _checks
+from implicitvi.estimators.base import ScoreEstimator, register
+from implicitvi.nets import MLP
+from implicitvi.objectives import OBJECTIVES
+
+__all__ = ["ScoreNet", "ScoreNetState"]
+
+
+class ScoreNetState(NamedTuple):
+    params: Any  # network parameters (pytree)
+    opt_state: Any  # optimizer state (pytree)
+    samples: jax.Array  # (n, d) last samples trained on
+    context: jax.Array | None  # (n, c) their context, or None
+    loss: jax.Array  # () objective value at the last step
+    step: jax.Array  # () optimizer steps taken
+
+
+@register("ssm")
+@dataclasses.dataclass(frozen=True)
+class ScoreNet(ScoreEstimator):
+    """Score network estimator.
+
+    Args:
+        objective: ``"ssm_vr"`` (default), ``"ssm"``, ``"fd_ssm"``, ``"dsm"`` or ``"exact"``.
+        num_projections: projections per sample for the sliced objectives.
+        projection: ``"gaussian"`` or ``"rademacher"`` directions for the sliced objectives.
+        hidden: hidden widths of the default MLP (softplus activations).
+        network: any object with ``init(key, in_dim, out_dim, dtype)`` and ``apply(params, x)``;
+            overrides ``hidden``.
+        optimizer: an Optax ``GradientTransformation`` (default ``optax.adam(1e-3)``).
+        steps_per_update: optimizer steps per :meth:`update`.
+        fit_steps: optimizer steps per :meth:`fit` (used by :func:`estimate_score`).
+        conditional: learn ``s(z | c)``; then every call needs a ``context``.
+        sigma: noise level of ``"dsm"``.
+        eps: step of ``"fd_ssm"``.
+
+    Each optimizer step draws fresh projections (or noise) from the key it is given.
+    """
+
+    objective: str = "ssm_vr"
+    num_projections: int = 1
+    projection: str = "gaussian"
+    hidden: tuple = (256, 256)
+    network: Any = None
+    optimizer: optax.GradientTransformation = optax.adam(1e-3)
+    steps_per_update: int = 1
+    fit_steps: int = 2000
+    conditional: bool = False
+    sigma: float = 0.1
+    eps: float = 1e-2
+
+    def __post_init__(self):
+        if not isinstance(self.objective, str):
+            raise TypeError(f"objective must be a string, got {type(self.objective).__name__}")
+        _checks.check_choice(self.objective, "objective", OBJECTIVES)
+        _checks.check_choice(self.projection, "projection", ("gaussian", "rademacher"))
+        _checks.check_positive_int(self.num_projections, "num_projections")
+        _checks.check_positive_int(self.steps_per_update, "steps_per_update")
+        _checks.check_positive_int(self.fit_steps, "fit_steps")
+        _checks.check_positive(self.sigma, "sigma")
+        _checks.check_positive(self.eps, "eps")
+        if not isinstance(self.optimizer, optax.GradientTransformation):
+            raise TypeError(
+                "optimizer must be an optax.GradientTransformation, "
+                f"got {type(self.optimizer).__name__}"
+            )
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.network is None:
+            object.__setattr__(self, "network", MLP(self.hidden))
+
+    @property
+    def loss_fn(self) -> Callable:
+        """The objective as ``loss(score_fn, samples, key)`` with this estimator's options."""
+        fn = OBJECTIVES[self.objective]
+        if self.objective in ("ssm", "ssm_vr", "fd_ssm"):
+            fn = functools.partial(
+                fn, num_projections=self.num_projections, projection=self.projection
+            )
+        if self.objective == "fd_ssm":
+            fn = functools.partial(fn, eps=self.eps)
+        if self.objective == "dsm":
+            fn = functools.partial(fn, sigma=self.sigma)
+        return fn
+
+    def apply(self, params, z: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        """The network's score ``s(z)`` or ``s(z | c)`` for ``z`` of shape ``(n, d)``."""
+        inputs = z if context is None else jnp.concatenate([z, context], axis=-1)
+        return self.network.apply(params, inputs)
+
+    def init(self, key, samples, context=None) -> ScoreNetState:
+        samples, context = self._check_samples(samples, context)
+        d = samples.shape[1]
+        in_dim = d + (0 if context is None else context.shape[1])
+        params = self.network.init(key, in_dim, d, samples.dtype)
+        zero = jnp.zeros((), samples.dtype)
+        return ScoreNetState(
+            params, self.optimizer.init(params), samples, context, zero, jnp.zeros((), jnp.int32)
+        )
+
+    def loss(self, params, samples: jax.Array, key: jax.Array, context=None) -> jax.Array:
+        """Objective value of ``params`` on a batch (differentiable in ``params``)."""
+        return self.loss_fn(lambda z: self.apply(params, z, context), samples, key)
+
+    def _train(self, state: ScoreNetState, samples, key, context, num_steps: int):
+        samples, context = self._check_samples(samples, context)
+        self._check_context(
+            context, samples.shape[0], "context",
+            None if state.context is None else state.context.shape[1],
+        )
+        if samples.shape[1] != state.samples.shape[1]:
+            raise ValueError(
+                f"samples must have {state.samples.shape[1]} columns as at init, "
+                f"got shape {tuple(samples.shape)}"
+            )
+        grad_fn = jax.value_and_grad(self.loss)
+
+        def step(carry, step_key):
+            params, opt_state = carry
+            value, grads = grad_fn(params, samples, step_key, context)
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        (params, opt_state), losses = jax.lax.scan(
+            step, (state.params, state.opt_state), jax.random.split(key, num_steps)
+        )
+        return ScoreNetState(
+            params, opt_state, samples, context, losses[-1], state.step + num_steps
+        )
+
+    def update(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
+        """``steps_per_update`` optimizer steps on ``samples``, from the current parameters."""
+        return self._train(state, samples, key, context, self.steps_per_update)
+
+    def fit(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
+        """``fit_steps`` optimizer steps on the fixed ``samples``."""
+        return self._train(state, samples, key, context, self.fit_steps)
+
+    def score(self, state: ScoreNetState, queries=None, context=None) -> jax.Array:
+        queries, context = self._check_queries(state.samples, state.context, queries, context)
+        return self.apply(state.params, queries, context)
