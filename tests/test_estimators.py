@@ -248,6 +248,7 @@ def test_score_net_warm_starts_across_updates():
         (lambda: SSGE(num_eigen=0), "num_eigen must be >= 1"),
         (lambda: Stein(kernel="laplace"), "unknown kernel 'laplace'"),
         (lambda: ScoreNet(objective="nce"), "unknown objective 'nce'"),
+        (lambda: ScoreNet(holdout=1.0), r"holdout must be in \[0, 1\)"),
         (lambda: ScoreNet(optimizer="adam"), "optimizer must be an optax.GradientTransformation"),
         (lambda: implicitvi.estimators.get_estimator("svgd"), "unknown estimator 'svgd'"),
         (lambda: implicitvi.estimators.get_estimator(3), "estimator must be a ScoreEstimator"),
@@ -306,3 +307,17 @@ def test_conditional_estimator_demands_matching_context():
 def test_too_many_eigenfunctions_is_named():
     with pytest.raises(ValueError, match=r"num_eigen must be at most the number of samples \(60\)"):
         SSGE(num_eigen=61).init(KEY, X)
+
+
+def test_fit_early_stopping_prevents_overfitting_a_fixed_sample_set():
+    # 200 samples of N(0, I₅): trained to the end on all of them the network overfits without
+    # bound (error in the thousands here); held-out early stopping keeps the estimate useful
+    # (0.12 and 0.28 measured on two sample sets; a zero estimate scores 1).
+    rng = np.random.default_rng(13)
+    x, queries = rng.normal(size=(200, 5)), rng.normal(size=(2000, 5))
+    errors = {}
+    for holdout in (0.0, 0.2):
+        est = ScoreNet(hidden=(64, 64), optimizer=optax.adam(3e-3), fit_steps=1000, holdout=holdout)
+        errors[holdout] = rel_err(implicitvi.estimate_score(est, x, queries, key=KEY), -queries)
+    assert errors[0.2] < 0.4
+    assert errors[0.0] > 10 * errors[0.2]

@@ -31,7 +31,7 @@ class ScoreNetState(NamedTuple):
     opt_state: Any  # optimizer state (pytree)
     samples: jax.Array  # (n, d) last samples trained on
     context: jax.Array | None  # (n, c) their context, or None
-    loss: jax.Array  # () objective value at the last step
+    loss: jax.Array  # () objective before the last update step (held-out best after fit)
     step: jax.Array  # () optimizer steps taken
 
 
@@ -50,11 +50,19 @@ class ScoreNet(ScoreEstimator):
         optimizer: an Optax ``GradientTransformation`` (default ``optax.adam(1e-3)``).
         steps_per_update: optimizer steps per :meth:`update`.
         fit_steps: optimizer steps per :meth:`fit` (used by :func:`estimate_score`).
+        holdout: fraction of the samples that :meth:`fit` keeps aside to pick, among its
+            ``fit_steps`` iterates, the parameters with the lowest held-out objective (early
+            stopping); ``0`` trains on all samples and keeps the last iterate.
         conditional: learn ``s(z | c)``; then every call needs a ``context``.
         sigma: noise level of ``"dsm"``.
         eps: step of ``"fd_ssm"``.
 
     Each optimizer step draws fresh projections (or noise) from the key it is given.
+
+    On a fixed sample set the empirical objective of a flexible network is unbounded below (it can
+    drive ``tr ∇s`` to −∞ at the samples), so long training on few samples overfits badly; hence
+    the held-out early stopping of :meth:`fit`. A stream of fresh samples — one batch per
+    :meth:`update`, as inside variational inference — does not overfit.
     """
 
     objective: str = "ssm_vr"
@@ -65,6 +73,7 @@ class ScoreNet(ScoreEstimator):
     optimizer: optax.GradientTransformation = optax.adam(1e-3)
     steps_per_update: int = 1
     fit_steps: int = 2000
+    holdout: float = 0.2
     conditional: bool = False
     sigma: float = 0.1
     eps: float = 1e-2
@@ -77,6 +86,9 @@ class ScoreNet(ScoreEstimator):
         _checks.check_positive_int(self.num_projections, "num_projections")
         _checks.check_positive_int(self.steps_per_update, "steps_per_update")
         _checks.check_positive_int(self.fit_steps, "fit_steps")
+        _checks.check_positive(self.holdout, "holdout", allow_zero=True)
+        if self.holdout >= 1:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         _checks.check_positive(self.sigma, "sigma")
         _checks.check_positive(self.eps, "eps")
         if not isinstance(self.optimizer, optax.GradientTransformation):
@@ -121,10 +133,12 @@ class ScoreNet(ScoreEstimator):
         """Objective value of ``params`` on a batch (differentiable in ``params``)."""
         return self.loss_fn(lambda z: self.apply(params, z, context), samples, key)
 
-    def _train(self, state: ScoreNetState, samples, key, context, num_steps: int):
+    def _check_batch(self, state: ScoreNetState, samples, context):
         samples, context = self._check_samples(samples, context)
         self._check_context(
-            context, samples.shape[0], "context",
+            context,
+            samples.shape[0],
+            "context",
             None if state.context is None else state.context.shape[1],
         )
         if samples.shape[1] != state.samples.shape[1]:
@@ -132,28 +146,61 @@ class ScoreNet(ScoreEstimator):
                 f"samples must have {state.samples.shape[1]} columns as at init, "
                 f"got shape {tuple(samples.shape)}"
             )
-        grad_fn = jax.value_and_grad(self.loss)
+        return samples, context
 
-        def step(carry, step_key):
-            params, opt_state = carry
-            value, grads = grad_fn(params, samples, step_key, context)
-            updates, opt_state = self.optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
-
-        (params, opt_state), losses = jax.lax.scan(
-            step, (state.params, state.opt_state), jax.random.split(key, num_steps)
-        )
-        return ScoreNetState(
-            params, opt_state, samples, context, losses[-1], state.step + num_steps
-        )
+    def _step(self, params, opt_state, samples, key, context):
+        value, grads = jax.value_and_grad(self.loss)(params, samples, key, context)
+        updates, opt_state = self.optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
 
     def update(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
         """``steps_per_update`` optimizer steps on ``samples``, from the current parameters."""
-        return self._train(state, samples, key, context, self.steps_per_update)
+        samples, context = self._check_batch(state, samples, context)
+
+        def step(carry, step_key):
+            params, opt_state, value = self._step(*carry, samples, step_key, context)
+            return (params, opt_state), value
+
+        keys = jax.random.split(key, self.steps_per_update)
+        (params, opt_state), values = jax.lax.scan(step, (state.params, state.opt_state), keys)
+        return ScoreNetState(
+            params, opt_state, samples, context, values[-1], state.step + self.steps_per_update
+        )
 
     def fit(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
-        """``fit_steps`` optimizer steps on the fixed ``samples``."""
-        return self._train(state, samples, key, context, self.fit_steps)
+        """``fit_steps`` optimizer steps on the fixed ``samples``, early-stopped on a held-out part.
+
+        A random ``holdout`` fraction of the rows is set aside; after every step the objective on
+        it (with projections fixed once, so that steps are compared on one function) is
+        evaluated, and the parameters of the best step are returned. ``loss`` in the returned
+        state is that held-out value.
+        """
+        samples, context = self._check_batch(state, samples, context)
+        n = samples.shape[0]
+        num_val = int(round(self.holdout * n))
+        perm_key, val_key, key = jax.random.split(key, 3)
+        order = jax.random.permutation(perm_key, n)
+        pick = lambda a, idx: None if a is None else a[idx]  # noqa: E731
+        if num_val == 0 or n - num_val < 2:
+            train, train_ctx, val, val_ctx = samples, context, samples, context
+        else:
+            train, train_ctx = pick(samples, order[num_val:]), pick(context, order[num_val:])
+            val, val_ctx = pick(samples, order[:num_val]), pick(context, order[:num_val])
+
+        def step(carry, step_key):
+            params, opt_state, best, best_loss = carry
+            params, opt_state, _ = self._step(params, opt_state, train, step_key, train_ctx)
+            val_loss = self.loss(params, val, val_key, val_ctx)
+            better = val_loss < best_loss
+            best = jax.tree.map(lambda new, old: jnp.where(better, new, old), params, best)
+            return (params, opt_state, best, jnp.minimum(val_loss, best_loss)), None
+
+        start_loss = self.loss(state.params, val, val_key, val_ctx)
+        carry = (state.params, state.opt_state, state.params, start_loss)
+        (_, opt_state, best, best_loss), _ = jax.lax.scan(
+            step, carry, jax.random.split(key, self.fit_steps)
+        )
+        return ScoreNetState(best, opt_state, samples, context, best_loss, state.step + self.fit_steps)
 
     def score(self, state: ScoreNetState, queries=None, context=None) -> jax.Array:
         queries, context = self._check_queries(state.samples, state.context, queries, context)
