@@ -276,8 +276,12 @@ ALL = [Stein(), SSGE(), ScoreNet(hidden=(4,), fit_steps=1)]
     ],
 )
 def test_bad_samples_are_named(est, samples, message):
+    state = est.init(KEY, X)
     with pytest.raises((ValueError, TypeError), match=message):
-        est.init(KEY, samples)
+        est.update(state, samples, KEY)
+    if not est.persistent:  # a network's init reads only the shape and dtype of its samples
+        with pytest.raises((ValueError, TypeError), match=message):
+            est.init(KEY, samples)
 
 
 @pytest.mark.parametrize("est", ALL, ids=lambda e: type(e).__name__)
@@ -302,6 +306,12 @@ def test_conditional_estimator_demands_matching_context():
         est.score(state, Q, np.ones((9, 3)))
     with pytest.raises(ValueError, match="context: .* needs a context array of shape"):
         est.score(state, Q)
+
+
+def test_score_net_needs_explicit_queries():
+    est = ScoreNet(hidden=(4,))
+    with pytest.raises(ValueError, match="queries: ScoreNet keeps no samples"):
+        est.score(est.init(KEY, X[:1]))
 
 
 def test_too_many_eigenfunctions_is_named():

@@ -6,8 +6,8 @@ hyper-parameters, with pure functions over an explicit state pytree::
 
     state  = est.init(key, samples, context=None)            # samples (n, d), context (n, c)
     state  = est.update(state, samples, key, context=None)   # absorb a new sample set
-    scores = est.score(state, queries=None, context=None)    # (m, d); queries default to the
-                                                             # last samples seen
+    scores = est.score(state, queries, context=None)         # (m, d); kernel estimators also
+                                                             # score(state): in-sample
     state  = est.fit(state, samples, key, context=None)      # bring to a fitted estimate
 
 Kernel estimators (:class:`~implicitvi.estimators.Stein`, :class:`~implicitvi.estimators.SSGE`)
@@ -63,9 +63,16 @@ class ScoreEstimator:
 
     Subclasses are frozen dataclasses and implement ``init``, ``update`` and ``score``;
     ``conditional`` says whether a context is required (True) or refused (False).
+
+    ``persistent`` tells how the state relates to the samples. False (kernel estimators): every
+    ``update`` refits from scratch, the state holds the sample set, and ``score(state)`` without
+    queries gives the in-sample estimate. True (networks): the state carries learned parameters
+    from one sample set to the next, its shapes do not depend on the number of samples, and
+    ``score`` needs explicit queries.
     """
 
     conditional: bool = False
+    persistent: bool = False
 
     def init(self, key: jax.Array, samples, context=None):
         raise NotImplementedError
@@ -112,15 +119,10 @@ class ScoreEstimator:
         _checks.check_finite(context, name)
         return context
 
-    def _check_queries(self, state_samples, state_context, queries, context):
-        """Resolve ``queries=None`` to the stored samples and validate both arrays."""
-        if queries is None:
-            if context is not None:
-                raise ValueError("context: pass queries together with their context, or neither")
-            return state_samples, state_context
-        queries = _checks.check_queries(queries, state_samples.shape[1])
-        dim = None if state_context is None else state_context.shape[1]
-        return queries, self._check_context(context, queries.shape[0], "context", dim)
+    def _check_queries(self, dim: int, context_dim: int | None, queries, context):
+        """Validate ``(m, dim)`` queries and their context."""
+        queries = _checks.check_queries(queries, dim)
+        return queries, self._check_context(context, queries.shape[0], "context", context_dim)
 
 
 def estimate_score(
@@ -152,4 +154,6 @@ def estimate_score(
     init_key, fit_key = jax.random.split(key)
     state = est.init(init_key, samples, context)
     state = est.fit(state, samples, fit_key, context)
+    if queries is None and est.persistent:
+        return est.score(state, samples, context if query_context is None else query_context)
     return est.score(state, queries, query_context)

@@ -27,17 +27,22 @@ __all__ = ["ScoreNet", "ScoreNetState"]
 
 
 class ScoreNetState(NamedTuple):
+    """Network state; no field depends on the number of samples, so it can be carried across
+    sample sets of any size (inside SVI, for instance)."""
+
     params: Any  # network parameters (pytree)
     opt_state: Any  # optimizer state (pytree)
-    samples: jax.Array  # (n, d) last samples trained on
-    context: jax.Array | None  # (n, c) their context, or None
     loss: jax.Array  # () objective before the last update step (held-out best after fit)
     step: jax.Array  # () optimizer steps taken
+    template: jax.Array  # (0, d) records the sample dimension and dtype
+    context_template: jax.Array | None  # (0, c), or None when unconditional
 
 
 @register("ssm")
 @dataclasses.dataclass(frozen=True)
 class ScoreNet(ScoreEstimator):
+    persistent = True
+
     """Score network estimator.
 
     Args:
@@ -57,7 +62,9 @@ class ScoreNet(ScoreEstimator):
         sigma: noise level of ``"dsm"``.
         eps: step of ``"fd_ssm"``.
 
-    Each optimizer step draws fresh projections (or noise) from the key it is given.
+    Each optimizer step draws fresh projections (or noise) from the key it is given. ``init``
+    only reads the shape and dtype of its samples (one row suffices); ``score`` needs explicit
+    queries, since the state keeps no samples.
 
     On a fixed sample set the empirical objective of a flexible network is unbounded below (it can
     drive ``tr ∇s`` to −∞ at the samples), so long training on few samples overfits badly; hence
@@ -120,13 +127,18 @@ class ScoreNet(ScoreEstimator):
         return self.network.apply(params, inputs)
 
     def init(self, key, samples, context=None) -> ScoreNetState:
-        samples, context = self._check_samples(samples, context)
+        samples = _checks.check_samples(samples, "samples", min_rows=1)
+        context = self._check_context(context, samples.shape[0], "context")
         d = samples.shape[1]
         in_dim = d + (0 if context is None else context.shape[1])
         params = self.network.init(key, in_dim, d, samples.dtype)
-        zero = jnp.zeros((), samples.dtype)
         return ScoreNetState(
-            params, self.optimizer.init(params), samples, context, zero, jnp.zeros((), jnp.int32)
+            params,
+            self.optimizer.init(params),
+            jnp.zeros((), samples.dtype),
+            jnp.zeros((), jnp.int32),
+            samples[:0],
+            None if context is None else context[:0],
         )
 
     def loss(self, params, samples: jax.Array, key: jax.Array, context=None) -> jax.Array:
@@ -135,17 +147,12 @@ class ScoreNet(ScoreEstimator):
 
     def _check_batch(self, state: ScoreNetState, samples, context):
         samples, context = self._check_samples(samples, context)
-        self._check_context(
-            context,
-            samples.shape[0],
-            "context",
-            None if state.context is None else state.context.shape[1],
-        )
-        if samples.shape[1] != state.samples.shape[1]:
+        if samples.shape[1] != state.template.shape[1]:
             raise ValueError(
-                f"samples must have {state.samples.shape[1]} columns as at init, "
+                f"samples must have {state.template.shape[1]} columns as at init, "
                 f"got shape {tuple(samples.shape)}"
             )
+        context = self._check_context(context, samples.shape[0], "context", _dim(state))
         return samples, context
 
     def _step(self, params, opt_state, samples, key, context):
@@ -163,8 +170,11 @@ class ScoreNet(ScoreEstimator):
 
         keys = jax.random.split(key, self.steps_per_update)
         (params, opt_state), values = jax.lax.scan(step, (state.params, state.opt_state), keys)
-        return ScoreNetState(
-            params, opt_state, samples, context, values[-1], state.step + self.steps_per_update
+        return state._replace(
+            params=params,
+            opt_state=opt_state,
+            loss=values[-1],
+            step=state.step + self.steps_per_update,
         )
 
     def fit(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
@@ -200,8 +210,16 @@ class ScoreNet(ScoreEstimator):
         (_, opt_state, best, best_loss), _ = jax.lax.scan(
             step, carry, jax.random.split(key, self.fit_steps)
         )
-        return ScoreNetState(best, opt_state, samples, context, best_loss, state.step + self.fit_steps)
+        return state._replace(
+            params=best, opt_state=opt_state, loss=best_loss, step=state.step + self.fit_steps
+        )
 
     def score(self, state: ScoreNetState, queries=None, context=None) -> jax.Array:
-        queries, context = self._check_queries(state.samples, state.context, queries, context)
+        if queries is None:
+            raise ValueError("queries: ScoreNet keeps no samples; pass the (m, d) points to score")
+        queries, context = self._check_queries(state.template.shape[1], _dim(state), queries, context)
         return self.apply(state.params, queries, context)
+
+
+def _dim(state: ScoreNetState) -> int | None:
+    return None if state.context_template is None else state.context_template.shape[1]

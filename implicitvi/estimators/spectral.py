@@ -113,5 +113,8 @@ class SSGE(ScoreEstimator):
         return jnp.sqrt(jnp.asarray(m, queries.dtype)) * (gram @ state.eigvecs) * state.inv_eigvals
 
     def score(self, state: SSGEState, queries=None, context=None) -> jax.Array:
-        queries, _ = self._check_queries(state.samples, None, queries, context)
+        if queries is None:
+            self._check_context(context, state.samples.shape[0], "context")
+            queries = state.samples
+        queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
         return self.eigenfunctions(state, queries) @ state.beta

@@ -78,9 +78,9 @@ class Stein(ScoreEstimator):
 
     def score(self, state: SteinState, queries=None, context=None) -> jax.Array:
         if queries is None:
-            self._check_queries(state.samples, None, queries, context)
+            self._check_context(context, state.samples.shape[0], "context")
             return state.scores
-        queries, _ = self._check_queries(state.samples, None, queries, context)
+        queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
         x, h = state.samples, state.bandwidth
         k_xq, slope = kernels.gram_and_slope(self.kernel, x, queries, h)  # (M, m) each
         a_inv_k = cho_solve((state.cholesky, True), k_xq)  # (M, m)
