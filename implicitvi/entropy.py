@@ -9,11 +9,12 @@ For a sampler :math:`z = f_\phi(\epsilon)`, :math:`\epsilon \sim p(\epsilon)`, t
 (the term :math:`\mathbb{E}_q[\nabla_\phi \log q_\phi(z)]` at fixed ``z`` vanishes). Given scores
 :math:`s(z) \approx \nabla_z \log q_\phi(z)` at the drawn ``z``, the scalar
 
-.. math:: \mathcal{S}(\phi) = -\frac1n \sum_i \operatorname{sg}[s(z_i)]^\top z_i,
-   \qquad z_i = f_\phi(\epsilon_i)
+.. math:: \mathcal{S}(\phi) = -\frac1n \sum_i \operatorname{sg}[s(z_i)]^\top
+   \big(z_i - \operatorname{sg}[z_i]\big), \qquad z_i = f_\phi(\epsilon_i)
 
-(``sg`` = stop-gradient) has exactly that gradient in expectation. Its *value* is not the entropy;
-only its gradient is meaningful. For an amortized sampler :math:`z = f_\phi(\epsilon, x)` the same
+(``sg`` = stop-gradient) has exactly that gradient in expectation, and the value 0: scores do not
+determine the entropy itself, so a loss that adds :math:`\mathcal{S}` reports everything but the
+estimated entropy and is not shifted by an arbitrary amount. For an amortized sampler :math:`z = f_\phi(\epsilon, x)` the same
 scalar with conditional scores :math:`s(z_i \mid x_i)` has gradient
 :math:`\nabla_\phi \frac1n\sum_i H[q_\phi(\cdot \mid x_i)]`: the conditional form is the same
 formula with a conditional estimator.
@@ -30,7 +31,7 @@ __all__ = ["surrogate", "estimated_surrogate"]
 
 
 def surrogate(samples: jax.Array, scores: jax.Array) -> jax.Array:
-    """Entropy surrogate ``−mean_i sg(scores_i) · samples_i``.
+    """Entropy surrogate ``−mean_i sg(scores_i) · (samples_i − sg(samples_i))``: value 0.
 
     Args:
         samples: ``(..., n, d)`` reparameterized draws ``z = f_φ(ε)`` (differentiable in φ).
@@ -43,7 +44,8 @@ def surrogate(samples: jax.Array, scores: jax.Array) -> jax.Array:
         raise ValueError(
             f"samples and scores must have the same shape, got {samples.shape} and {scores.shape}"
         )
-    per_draw = jnp.sum(jax.lax.stop_gradient(scores) * samples, axis=-1)
+    moved = samples - jax.lax.stop_gradient(samples)
+    per_draw = jnp.sum(jax.lax.stop_gradient(scores) * moved, axis=-1)
     return -jnp.mean(per_draw)
 
 

@@ -59,6 +59,9 @@ class ScoreNet(ScoreEstimator):
             ``fit_steps`` iterates, the parameters with the lowest held-out objective (early
             stopping); ``0`` trains on all samples and keeps the last iterate.
         conditional: learn ``s(z | c)``; then every call needs a ``context``.
+        base: ``"zero"`` — the network is the score; ``"normal"`` — the score is
+            ``−z + net(z)``, the network learning the departure from a standard normal's score
+            (for whitened samples), with its output layer starting at zero.
         sigma: noise level of ``"dsm"``.
         eps: step of ``"fd_ssm"``.
 
@@ -82,6 +85,7 @@ class ScoreNet(ScoreEstimator):
     fit_steps: int = 2000
     holdout: float = 0.2
     conditional: bool = False
+    base: str = "zero"
     sigma: float = 0.1
     eps: float = 1e-2
 
@@ -90,6 +94,7 @@ class ScoreNet(ScoreEstimator):
             raise TypeError(f"objective must be a string, got {type(self.objective).__name__}")
         _checks.check_choice(self.objective, "objective", OBJECTIVES)
         _checks.check_choice(self.projection, "projection", ("gaussian", "rademacher"))
+        _checks.check_choice(self.base, "base", ("zero", "normal"))
         _checks.check_positive_int(self.num_projections, "num_projections")
         _checks.check_positive_int(self.steps_per_update, "steps_per_update")
         _checks.check_positive_int(self.fit_steps, "fit_steps")
@@ -105,7 +110,7 @@ class ScoreNet(ScoreEstimator):
             )
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.network is None:
-            object.__setattr__(self, "network", MLP(self.hidden))
+            object.__setattr__(self, "network", MLP(self.hidden, zero_output=self.base == "normal"))
 
     @property
     def loss_fn(self) -> Callable:
@@ -124,7 +129,8 @@ class ScoreNet(ScoreEstimator):
     def apply(self, params, z: jax.Array, context: jax.Array | None = None) -> jax.Array:
         """The network's score ``s(z)`` or ``s(z | c)`` for ``z`` of shape ``(n, d)``."""
         inputs = z if context is None else jnp.concatenate([z, context], axis=-1)
-        return self.network.apply(params, inputs)
+        out = self.network.apply(params, inputs)
+        return out - z if self.base == "normal" else out
 
     def init(self, key, samples, context=None) -> ScoreNetState:
         samples = _checks.check_samples(samples, "samples", min_rows=1)

@@ -1,0 +1,178 @@
+r"""``AutoImplicit``: an automatic guide whose posterior is a neural sampler.
+
+All latent sites of the model are flattened into one unconstrained vector ``u ∈ R^D`` (as in
+NumPyro's :class:`~numpyro.infer.autoguide.AutoContinuous` guides), drawn as
+
+.. math:: \epsilon \sim \mathcal N(0, I_K), \quad
+   w = \epsilon_{1:D} + \tanh(\alpha)\, c\, g_\theta(\epsilon), \quad u = \mu + L w,
+
+with ``g`` a network (default MLP), ``α`` a learned gate starting at 0 (the guide starts as a
+Gaussian with mean μ and Cholesky factor L), ``c`` = ``residual_scale`` and ``K ≥ D`` the noise
+dimension. The affine part's entropy :math:`\log|\det L|` is exact; only :math:`H[w]` — a
+scale-free, near-normal distribution — is score-estimated, by default by a
+:class:`~implicitvi.estimators.ScoreNet` with a normal base (``s(w) = −w + net(w)``).
+Constrained sites get ``biject_to(support)(u)`` and carry its log-Jacobian.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+from numpyro.distributions import constraints
+from numpyro.infer.autoguide import AutoContinuous
+from numpyro.infer.initialization import init_to_median
+
+from implicitvi import _checks
+from implicitvi.estimators import ScoreNet
+from implicitvi.estimators.base import get_estimator
+from implicitvi.infer.primitives import implicit_sample
+from implicitvi.nets import MLP
+
+__all__ = ["AutoImplicit"]
+
+
+def default_estimator() -> ScoreNet:
+    """AutoImplicit's score estimator: a normal-base ScoreNet, 3 SSM-VR steps per SVI step."""
+    return ScoreNet(hidden=(64, 64), base="normal", steps_per_update=3)
+
+
+class AutoImplicit(AutoContinuous):
+    """Implicit (sampler-only) guide over all latent sites of ``model``.
+
+    Args:
+        model: a NumPyro model with continuous latent sites.
+        noise_dim: dimension ``K`` of the noise; default the latent dimension ``D``; ``K ≥ D``.
+        hidden: hidden widths of the default sampler MLP.
+        network: the residual network ``g``: an object with ``init(key, in_dim, out_dim, dtype)``
+            and ``apply(params, x)`` (like :class:`implicitvi.nets.MLP`), or a factory
+            ``network(name, noise_dim, latent_dim) -> apply`` called inside the guide that
+            registers its own parameters (e.g. through ``numpyro.contrib.module.eqx_module`` or
+            ``flax_module``) and returns a function mapping ``(..., K)`` to ``(..., D)``.
+        estimator: the score estimator of ``w`` (default: :func:`default_estimator`).
+        residual_scale: the factor ``c``; under Adam it sets the network's step size relative to
+            ``μ`` and ``L``.
+        init_scale: initial diagonal of ``L``.
+        num_samples: draws used by :meth:`median` and :meth:`quantiles`.
+        prefix, init_loc_fn: as in NumPyro's autoguides.
+    """
+
+    def __init__(
+        self,
+        model,
+        *,
+        noise_dim: int | None = None,
+        hidden=(64, 64),
+        network=None,
+        estimator=None,
+        residual_scale: float = 0.1,
+        init_scale: float = 0.1,
+        num_samples: int = 1000,
+        prefix: str = "auto",
+        init_loc_fn=init_to_median,
+    ):
+        _checks.check_positive_int(noise_dim, "noise_dim", allow_none=True)
+        _checks.check_positive(residual_scale, "residual_scale", allow_zero=True)
+        _checks.check_positive(init_scale, "init_scale")
+        _checks.check_positive_int(num_samples, "num_samples")
+        self.noise_dim = noise_dim
+        self.network = MLP(hidden) if network is None else network
+        self.estimator = default_estimator() if estimator is None else get_estimator(estimator)
+        if self.estimator.conditional:
+            raise ValueError("estimator: AutoImplicit's latent has no context; use an unconditional one")
+        self.residual_scale = residual_scale
+        self._init_scale = init_scale
+        self.num_samples = num_samples
+        super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+
+    def _setup_prototype(self, *args, **kwargs):
+        for name, site in _model_sites(self.model, args, kwargs).items():
+            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete:
+                raise ValueError(
+                    f"site '{name}' of the model is a discrete latent variable: AutoImplicit "
+                    "needs continuous latents (its sampler is reparameterized); marginalize it "
+                    "out, e.g. with numpyro.contrib.funsor, or observe it"
+                )
+        super()._setup_prototype(*args, **kwargs)
+        if self.noise_dim is None:
+            self.noise_dim = self.latent_dim
+        if self.noise_dim < self.latent_dim:
+            raise ValueError(
+                f"noise_dim must be at least the latent dimension {self.latent_dim} "
+                f"(else the sampler has no density on R^{self.latent_dim}), got {self.noise_dim}"
+            )
+
+    def _residual(self):
+        name = f"{self.prefix}_sampler"
+        if hasattr(self.network, "apply") and hasattr(self.network, "init"):
+            net = self.network
+            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, self.latent_dim))
+            return lambda eps: net.apply(params, eps)
+        return self.network(name, self.noise_dim, self.latent_dim)
+
+    def _draw(self, sample_shape=()):
+        """``(u, w, log|det L|)`` for noise of shape ``sample_shape + (K,)``."""
+        d = self.latent_dim
+        loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
+        scale_tril = numpyro.param(
+            f"{self.prefix}_scale_tril",
+            jnp.identity(d) * self._init_scale,
+            constraint=constraints.scaled_unit_lower_cholesky,
+        )
+        gate = numpyro.param(f"{self.prefix}_gate", jnp.zeros(()))
+        residual = self._residual()
+        eps = jax.random.normal(numpyro.prng_key(), tuple(sample_shape) + (self.noise_dim,))
+        w = eps[..., :d] + jnp.tanh(gate) * self.residual_scale * residual(eps)
+        u = loc + w @ scale_tril.T
+        return u, w, jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
+
+    def _sample_latent(self, *args, **kwargs):
+        sample_shape = kwargs.pop("sample_shape", ())
+        u, w, log_det = self._draw(sample_shape)
+        if sample_shape:  # posterior draws: no site to score
+            return u
+        return implicit_sample(
+            f"_{self.prefix}_latent",
+            u,
+            latent=w,
+            log_abs_det_jacobian=log_det,
+            support=constraints.real_vector,
+            estimator=self.estimator,
+            infer={"is_auxiliary": True},
+        )
+
+    def _get_posterior(self):
+        raise NotImplementedError(
+            "AutoImplicit has no closed-form posterior: use sample_posterior, median or quantiles"
+        )
+
+    def get_base_dist(self):
+        self._get_posterior()
+
+    def get_transform(self, params):
+        self._get_posterior()
+
+    def get_posterior(self, params):
+        self._get_posterior()
+
+    def _posterior_draws(self, params):
+        return self.sample_posterior(
+            jax.random.PRNGKey(0), params, sample_shape=(self.num_samples,)
+        )
+
+    def median(self, params):
+        """Coordinate-wise median of ``num_samples`` posterior draws (fixed key), per site."""
+        return {k: jnp.median(v, axis=0) for k, v in self._posterior_draws(params).items()}
+
+    def quantiles(self, params, quantiles):
+        """Coordinate-wise quantiles of ``num_samples`` posterior draws (fixed key), per site;
+        each value has shape ``(len(quantiles),) + site shape``."""
+        q = jnp.asarray(quantiles)
+        return {k: jnp.quantile(v, q, axis=0) for k, v in self._posterior_draws(params).items()}
+
+
+def _model_sites(model, args, kwargs):
+    from numpyro import handlers
+
+    with handlers.block():
+        return handlers.trace(handlers.seed(model, jax.random.PRNGKey(0))).get_trace(*args, **kwargs)

@@ -1,0 +1,197 @@
+r"""``ImplicitELBO``: the evidence lower bound for guides with implicit sites.
+
+For particles :math:`(z^{(p)})_{p \le P}` drawn by the guide,
+
+.. math:: \mathrm{ELBO} \approx \frac1P \sum_p \big[\log p(x, z^{(p)}) - \log q_{\text{exact}}(z^{(p)})\big]
+   + \sum_{\text{implicit sites}} \mathcal{S}\big(w^{(1:P)}\big),
+
+where :math:`\log q_{\text{exact}}` sums the log densities of explicit guide sites and the exact
+(Jacobian) parts of implicit ones, and :math:`\mathcal{S}` is the entropy surrogate
+:func:`implicitvi.entropy.surrogate` on each implicit site's latent, with scores from that site's
+estimator. Per step, each estimator is first updated on the stop-gradiented particles of the
+step (kernel estimators refit, a network takes its ``steps_per_update`` optimizer steps, its
+state carried in the SVI state as a mutable site), then queried at those particles; it receives
+no gradient from the ELBO. Sites inside a plate are summed over the plate and scaled by the
+subsampling factor, like any other site.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.handlers import replay, seed, trace
+from numpyro.infer.elbo import ELBO
+from numpyro.infer.util import log_density
+
+from implicitvi.entropy import surrogate
+from implicitvi.estimators.base import get_estimator
+from implicitvi.infer.primitives import state_name
+
+__all__ = ["ImplicitELBO"]
+
+
+def _raise_non_finite(names, step, loss_ok, site_flags):
+    if bool(loss_ok) and all(bool(f) for f in site_flags):
+        return
+    bad = [f"the latent or estimated score of implicit site '{n}'" for n, f in zip(names, site_flags) if not bool(f)]
+    what = ", ".join(bad) if bad else "the ELBO loss"
+    raise FloatingPointError(
+        f"ImplicitELBO: {what} became non-finite at step {int(step)}; lower the learning rate, "
+        "or check the model's log density"
+    )
+
+
+class ImplicitELBO(ELBO):
+    """ELBO whose entropy term for implicit guide sites comes from a score estimator.
+
+    Args:
+        num_particles: particles per step, drawn in parallel; every implicit site's estimator
+            sees all of them at once (kernel estimators need at least 2).
+        estimator: ``None`` (default) uses each site's own estimator (see
+            :func:`~implicitvi.infer.implicit_sample`); otherwise an estimator or name
+            (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site. A persistent one
+            (a network) must equal the sites' own, whose state the guide created at ``svi.init``.
+        check_finite: stop with ``FloatingPointError`` naming the step and the quantity when the
+            loss, a latent or an estimated score becomes non-finite (a host callback per step).
+
+    Use it as any NumPyro ELBO: ``SVI(model, guide, optim, ImplicitELBO(num_particles=16))``.
+    """
+
+    can_infer_discrete = False
+
+    def __init__(self, num_particles: int = 16, estimator=None, check_finite: bool = True):
+        if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)):
+            raise TypeError(f"num_particles must be an int, got {type(num_particles).__name__}")
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+        self.estimator = None if estimator is None else get_estimator(estimator)
+        if self.estimator is not None and not self.estimator.persistent and num_particles < 2:
+            raise ValueError(
+                f"num_particles must be >= 2 with the kernel estimator "
+                f"{type(self.estimator).__name__}, got {num_particles}"
+            )
+        self.check_finite = check_finite
+        super().__init__(num_particles=num_particles, vectorize_particles=True)
+
+    def _site_estimator(self, name, site):
+        own = site["infer"]["estimator"]
+        est = own if self.estimator is None else self.estimator
+        if est.persistent and est != own:
+            raise ValueError(
+                f"implicit site '{name}': ImplicitELBO's estimator {est!r} keeps state across steps, "
+                "which the guide creates at svi.init for the site's own estimator; pass the same "
+                "estimator to the guide (AutoImplicit(..., estimator=...) or "
+                "implicit_sample(..., estimator=...))"
+            )
+        if not est.persistent and self.num_particles < 2:
+            raise ValueError(
+                f"num_particles must be >= 2 with the kernel estimator {type(est).__name__} "
+                f"(implicit site '{name}'), got {self.num_particles}"
+            )
+        return est
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        proto_key, est_key, particle_key = jax.random.split(rng_key, 3)
+        prototype = trace(seed(guide, proto_key)).get_trace(*args, **kwargs)
+        implicit = {
+            name: site
+            for name, site in prototype.items()
+            if site["type"] == "sample" and site["infer"].get("implicit", False)
+        }
+        mutable_names = [n for n, s in prototype.items() if s["type"] == "mutable"]
+
+        def particle(key):
+            model_key, guide_key = jax.random.split(key)
+            guide_lp, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
+            params = dict(param_map)
+            params.update({n: s["value"] for n, s in guide_trace.items() if s["type"] == "mutable"})
+            model_lp, model_trace = log_density(
+                replay(seed(model, model_key), guide_trace), args, kwargs, params
+            )
+            _check_latent_sites(model_trace, guide_trace)
+            draws = {}
+            for name in implicit:
+                site = guide_trace[name]
+                scale = 1.0 if site["scale"] is None else site["scale"]
+                draws[name] = (
+                    site["infer"]["implicit_latent"],
+                    site["infer"]["implicit_context"],
+                    jnp.asarray(scale),
+                )
+            return model_lp - guide_lp, draws
+
+        keys = jax.random.split(particle_key, self.num_particles)
+        elbos, draws = jax.vmap(particle)(keys)
+
+        mutable_state = {n: param_map[n] for n in mutable_names if n in param_map}
+        entropy = 0.0
+        site_ok = []
+        for i, (name, site) in enumerate(implicit.items()):
+            est = self._site_estimator(name, site)
+            latent, context, scale = draws[name]  # (P, *batch, d), (P, *batch, c) or None, (P,)
+            d = latent.shape[-1]
+            # svi.evaluate passes no mutable state: the guide's initial one stands in (the loss
+            # value does not depend on the scores, see implicitvi.entropy.surrogate).
+            stored = param_map.get(state_name(name), prototype[state_name(name)]["value"])
+            if stored["template"].shape[-1] != d:
+                raise ValueError(
+                    f"implicit site '{name}': its latent has {d} dimensions but had "
+                    f"{stored['template'].shape[-1]} when SVI was initialised; an implicit site's "
+                    "value shape must not change between calls"
+                )
+            flat = jax.lax.stop_gradient(latent.reshape(-1, d))
+            flat_ctx = (
+                None
+                if context is None
+                else jax.lax.stop_gradient(context.reshape(-1, context.shape[-1]))
+            )
+            key = jax.random.fold_in(est_key, i)
+            if est.persistent:
+                score_state = est.update(stored["score"], flat, key, flat_ctx)
+                scores = est.score(score_state, flat, flat_ctx)
+            else:
+                score_state = None
+                scores = est.score(est.init(key, flat, flat_ctx))
+            scores = scores.reshape(latent.shape)
+            # Sum over the site's plate elements, mean over particles, times the subsample scale.
+            plate_size = int(np.prod(latent.shape[1:-1]))
+            entropy = entropy + scale[0] * plate_size * surrogate(latent, scores)
+            mutable_state[state_name(name)] = {
+                "step": stored["step"] + 1,
+                "template": stored["template"],
+                "score": score_state if est.persistent else stored["score"],
+            }
+            site_ok.append(jnp.all(jnp.isfinite(flat)) & jnp.all(jnp.isfinite(scores)))
+
+        loss = -(jnp.mean(elbos) + entropy)
+        if self.check_finite:
+            step = _step_of(param_map, implicit)
+            jax.debug.callback(
+                functools.partial(_raise_non_finite, tuple(implicit)),
+                step,
+                jnp.isfinite(loss),
+                site_ok,
+            )
+        return {"loss": loss, "mutable_state": mutable_state or None}
+
+
+def _step_of(param_map, implicit):
+    for name in implicit:
+        if state_name(name) in param_map:
+            return param_map[state_name(name)]["step"]
+    return jnp.zeros((), jnp.int32)
+
+
+def _check_latent_sites(model_trace, guide_trace):
+    for name, site in model_trace.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            if site["fn"].support.is_discrete:
+                raise ValueError(
+                    f"site '{name}' of the model is a discrete latent variable: ImplicitELBO needs "
+                    "reparameterized (continuous) latents; marginalize it out or observe it"
+                )
+            if name not in guide_trace:
+                raise ValueError(f"site '{name}' of the model has no counterpart in the guide")

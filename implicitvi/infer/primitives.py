@@ -1,0 +1,141 @@
+r"""``implicit_sample``: declare a guide site whose density is known only through samples.
+
+An implicit site is an ordinary NumPyro sample site with a :class:`~numpyro.distributions.Delta`
+distribution, so that handlers, :class:`~numpyro.infer.Predictive` and ``sample_posterior`` keep
+working, flagged ``infer={"implicit": True, ...}``. Its value ``z = T(u)`` is the constrained image
+of an unconstrained draw ``u`` of the sampler; ``u`` itself may be an exact bijection
+``u = A(w)`` of a *latent* ``w`` whose density is unknown. Then
+
+.. math:: \log q(z) = \log q_W(w) - \log|\det \partial A / \partial w| - \log|\det J_T(u)|.
+
+The Delta carries the two exact terms as its ``log_density``; :class:`~implicitvi.infer.ImplicitELBO`
+never asks for :math:`\log q_W`, and adds the entropy surrogate of ``w`` (from a score estimator
+fitted on all particles of the step) instead.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+from numpyro.primitives import mutable
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.distributions.util import sum_rightmost
+
+from implicitvi import _checks
+from implicitvi.estimators.base import get_estimator
+
+__all__ = ["implicit_sample", "state_name"]
+
+
+def state_name(name: str) -> str:
+    """Name of the mutable site holding the score-estimator state of implicit site ``name``."""
+    return f"_{name}_score_state"
+
+
+def _default_estimator(context):
+    from implicitvi.estimators import ScoreNet
+
+    return ScoreNet(conditional=context is not None)
+
+
+def implicit_sample(
+    name: str,
+    value: jax.Array,
+    *,
+    latent: jax.Array | None = None,
+    log_abs_det_jacobian=0.0,
+    support=constraints.real,
+    context: jax.Array | None = None,
+    estimator=None,
+    infer: dict | None = None,
+):
+    """Record an implicit sample site in a guide and return its constrained value.
+
+    Args:
+        name: the model site this guide site stands for (or an auxiliary name).
+        value: unconstrained draw ``u``, shape ``batch_shape + event_shape`` where
+            ``event_shape`` is the support's (``()`` for scalar sites).
+        latent: the array ``w`` whose score is estimated, shape ``batch_shape + (d,)``;
+            default: ``value`` with its event dimensions flattened.
+        log_abs_det_jacobian: ``log|det ∂u/∂w|`` of an exact bijection from ``latent`` to
+            ``value`` (scalar or ``batch_shape``), e.g. ``Σ log diag L`` for ``u = μ + L w``.
+        support: the model site's support; ``value`` is mapped into it by
+            ``biject_to(support)`` and the site carries that map's log-Jacobian.
+        context: ``batch_shape + (c,)`` conditioning values of an amortized sampler
+            ``q(w | c)`` (local latents inside a plate); needs a conditional estimator.
+        estimator: the score estimator of this site (default ``"ssm"``: a
+            :class:`~implicitvi.estimators.ScoreNet`, conditional when ``context`` is given). A
+            persistent estimator's state is created here, as a mutable site, when SVI starts.
+        infer: further entries for the site's ``infer`` dict (e.g. ``{"is_auxiliary": True}``).
+
+    Returns:
+        The constrained value ``T(u)``.
+    """
+    est = _default_estimator(context) if estimator is None else get_estimator(estimator)
+    value = jnp.asarray(value)
+    transform = biject_to(support)
+    event_dim = transform.codomain.event_dim
+    batch_shape = value.shape[: value.ndim - transform.domain.event_dim]
+    if latent is None:
+        latent = value.reshape(batch_shape + (-1,))
+    latent = jnp.asarray(latent)
+    if latent.shape[:-1] != batch_shape:
+        raise ValueError(
+            f"implicit site '{name}': latent must have shape batch_shape + (d,) with batch_shape "
+            f"{batch_shape}, got {latent.shape}"
+        )
+    if context is not None:
+        context = _checks.as_float_array(context, f"implicit site '{name}': context")
+        if context.shape[:-1] != batch_shape:
+            raise ValueError(
+                f"implicit site '{name}': context must have shape {batch_shape} + (c,), "
+                f"got {context.shape}"
+            )
+    if est.conditional and context is None:
+        raise ValueError(
+            f"implicit site '{name}': the estimator {type(est).__name__}(conditional=True) needs a "
+            "context; pass context=... (the conditioning values of an amortized sampler)"
+        )
+    if context is not None and not est.conditional:
+        raise ValueError(
+            f"implicit site '{name}': context was given but the estimator {type(est).__name__} is "
+            "unconditional; use ScoreNet(conditional=True)"
+        )
+
+    constrained = transform(value)
+    log_density = -sum_rightmost(
+        transform.log_abs_det_jacobian(value, constrained),
+        transform.domain.event_dim,
+    )
+    log_density = log_density - log_abs_det_jacobian
+
+    d = latent.shape[-1]
+    flat_latent = jax.lax.stop_gradient(latent.reshape(-1, d))
+    flat_context = None if context is None else context.reshape(-1, context.shape[-1])
+    init_key = numpyro.prng_key()
+    if init_key is None:
+        init_key = jax.random.PRNGKey(0)
+    mutable(
+        state_name(name),
+        {
+            "step": jnp.zeros((), jnp.int32),
+            "template": jnp.zeros((0, d), latent.dtype),
+            "score": est.init(init_key, flat_latent[:1], None if flat_context is None else flat_context[:1])
+            if est.persistent
+            else None,
+        },
+    )
+    return numpyro.sample(
+        name,
+        dist.Delta(constrained, log_density=log_density, event_dim=event_dim),
+        infer={
+            **(infer or {}),
+            "implicit": True,
+            "implicit_latent": latent,
+            "implicit_context": context,
+            "estimator": est,
+        },
+    )
