@@ -20,7 +20,12 @@ from numpyro.infer.util import initialize_model, log_likelihood
 
 from implicitvi import _checks
 
-__all__ = ["kernel_stein_discrepancy", "to_inference_data", "unconstrained_score"]
+__all__ = [
+    "kernel_stein_discrepancy",
+    "moment_errors",
+    "to_inference_data",
+    "unconstrained_score",
+]
 
 
 def _arviz_major() -> int:
@@ -179,3 +184,32 @@ def kernel_stein_discrepancy(
     ) * base ** (beta - 2.0) * r2
     stein = (s @ s.T) * k - g * sx_diff + g * sy_diff + trace
     return jnp.sqrt(jnp.maximum(jnp.mean(stein), 0.0))
+
+
+def moment_errors(samples, reference) -> dict:
+    """How far ``samples`` are from ``reference`` draws (e.g. NUTS), coordinate by coordinate.
+
+    Args:
+        samples: ``(n, D)`` draws of the approximation (flat, e.g. unconstrained).
+        reference: ``(m, D)`` reference draws in the same flattening.
+
+    Returns:
+        ``{"mean_z": median_j |mean_q − mean_ref| / sd_ref, "log_sd": median_j |log(sd_q / sd_ref)|,
+        "mean_z_max": …, "log_sd_max": …}`` as Python floats.
+    """
+    q = np.asarray(_checks.check_samples(samples, "samples"))
+    ref = np.asarray(_checks.check_samples(reference, "reference"))
+    if q.shape[1] != ref.shape[1]:
+        raise ValueError(
+            f"samples and reference must have the same number of columns, got {q.shape[1]} "
+            f"and {ref.shape[1]}"
+        )
+    sd_ref = ref.std(axis=0)
+    mean_z = np.abs(q.mean(axis=0) - ref.mean(axis=0)) / sd_ref
+    log_sd = np.abs(np.log(q.std(axis=0) / sd_ref))
+    return {
+        "mean_z": float(np.median(mean_z)),
+        "log_sd": float(np.median(log_sd)),
+        "mean_z_max": float(mean_z.max()),
+        "log_sd_max": float(log_sd.max()),
+    }

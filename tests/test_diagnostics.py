@@ -13,6 +13,7 @@ from numpyro.infer.autoguide import AutoNormal
 
 from implicitvi.diagnostics import kernel_stein_discrepancy, to_inference_data, unconstrained_score
 from implicitvi.infer import AutoImplicit, ImplicitELBO
+import implicitvi.diagnostics
 
 RNG = np.random.default_rng(3)
 Y = RNG.normal(2.0, 1.5, size=25)
@@ -130,3 +131,14 @@ def test_guides_are_comparable_by_ksd(fitted):
 def test_ksd_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_moment_errors_against_known_shifts():
+    ref = RNG.normal(size=(20000, 3))
+    q = RNG.normal(size=(20000, 3)) * np.array([1.0, 2.0, 1.0]) + np.array([0.5, 0.0, 0.0])
+    errors = implicitvi.diagnostics.moment_errors(q, ref)
+    assert abs(errors["mean_z_max"] - 0.5) < 0.05
+    assert abs(errors["log_sd_max"] - np.log(2.0)) < 0.05
+    assert errors["mean_z"] < 0.05 and errors["log_sd"] < 0.05
+    with pytest.raises(ValueError, match="samples and reference must have the same number of columns"):
+        implicitvi.diagnostics.moment_errors(q[:, :2], ref)

@@ -21,3 +21,14 @@ def test_score_estimation_example(tmp_path, capsys):
     for label in ("Stein", "SSGE", "SSM-VR net", "banana"):
         assert label in printed
     assert out.stat().st_size > 0
+
+
+def test_implicit_vi_example(tmp_path, capsys):
+    example = load("implicit_vi")
+    out = tmp_path / "funnel.png"
+    argv = ["--steps", "20", "--particles", "4", "--nuts-warmup", "50", "--nuts-samples", "100"]
+    example.main(example.parse_args(argv + ["--out", str(out)]))
+    printed = capsys.readouterr().out
+    for label in ("NUTS", "AutoNormal", "AutoMultivariateNormal", "AutoImplicit"):
+        assert label in printed
+    assert out.stat().st_size > 0
