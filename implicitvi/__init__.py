@@ -1,8 +1,17 @@
 """implicitvi: implicit variational inference for NumPyro, with score estimation in JAX."""
 
-from implicitvi import entropy, estimators, kernels, nets, objectives
+from implicitvi import diagnostics, entropy, estimators, infer, kernels, nets, objectives
 from implicitvi.estimators import estimate_score
 
 __version__ = "0.1.0"
 
-__all__ = ["entropy", "estimate_score", "estimators", "kernels", "nets", "objectives"]
+__all__ = [
+    "diagnostics",
+    "entropy",
+    "estimate_score",
+    "estimators",
+    "infer",
+    "kernels",
+    "nets",
+    "objectives",
+]
