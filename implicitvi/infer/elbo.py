@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.handlers import replay, seed, trace
+from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
 
@@ -95,7 +95,11 @@ class ImplicitELBO(ELBO):
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         proto_key, est_key, particle_key = jax.random.split(rng_key, 3)
-        prototype = trace(seed(guide, proto_key)).get_trace(*args, **kwargs)
+        # One traced run of the guide reads each implicit site's estimator and state name; under
+        # jit its computations are dead code.
+        prototype = trace(substitute(seed(guide, proto_key), data=param_map)).get_trace(
+            *args, **kwargs
+        )
         implicit = {
             name: site
             for name, site in prototype.items()
@@ -133,9 +137,9 @@ class ImplicitELBO(ELBO):
             est = self._site_estimator(name, site)
             latent, context, scale = draws[name]  # (P, *batch, d), (P, *batch, c) or None, (P,)
             d = latent.shape[-1]
-            # svi.evaluate passes no mutable state: the guide's initial one stands in (the loss
-            # value does not depend on the scores, see implicitvi.entropy.surrogate).
-            stored = param_map.get(state_name(name), prototype[state_name(name)]["value"])
+            # svi.evaluate passes no mutable state, and the guide's initial one stands in (the
+            # loss value does not depend on the scores, see implicitvi.entropy.surrogate).
+            stored = prototype[state_name(name)]["value"]
             if stored["template"].shape[-1] != d:
                 raise ValueError(
                     f"implicit site '{name}': its latent has {d} dimensions but had "
