@@ -41,8 +41,6 @@ class ScoreNetState(NamedTuple):
 @register("ssm")
 @dataclasses.dataclass(frozen=True)
 class ScoreNet(ScoreEstimator):
-    persistent = True
-
     """Score network estimator.
 
     Args:
@@ -74,6 +72,8 @@ class ScoreNet(ScoreEstimator):
     the held-out early stopping of :meth:`fit`. A stream of fresh samples — one batch per
     :meth:`update`, as inside variational inference — does not overfit.
     """
+
+    persistent = True
 
     objective: str = "ssm_vr"
     num_projections: int = 1
