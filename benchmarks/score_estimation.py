@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -72,8 +73,9 @@ except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import implicitvi
 
-from implicitvi import kernels
+from implicitvi import kernels, objectives
 from implicitvi.estimators import SSGE, ScoreNet, Stein
+from implicitvi.nets import MLP
 
 NETWORK_OBJECTIVES = ("ssm_vr", "ssm", "dsm", "fd_ssm")
 KERNEL_NAMES = ("stein", "ssge")
@@ -299,6 +301,49 @@ def interleaved_times(calls: dict, reps: int) -> dict:
             jax.block_until_ready(fn(*fn_args))
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def bench_energy(args, key) -> str:
+    """Objective step cost when the score is the gradient of an energy, s = −∇E.
+
+    For a score *network* (the tables above) ``vᵀ∇s v`` is one forward-mode product and FD-SSM
+    saves nothing. For an energy model, SSM's ``vᵀ∇s v`` is a Hessian-vector product of E and
+    its parameter gradient a third-order derivative, which FD-SSM replaces by two more gradient
+    evaluations (Pang et al. 2020). Times one jitted ``value_and_grad`` in the parameters of E.
+    """
+    net = MLP(tuple(args.hidden))
+    rows = []
+    for dim in args.energy_dims:
+        k_params, k_x, k_proj = jax.random.split(jax.random.fold_in(key, dim), 3)
+        params = net.init(k_params, dim, 1)
+        x = jax.random.normal(k_x, (args.energy_particles, dim))
+
+        def make_step(objective):
+            def loss(p, k):
+                def score_fn(z):
+                    return -jax.vmap(jax.grad(lambda v: net.apply(p, v)[0]))(z)
+
+                return objective(score_fn, x, k)
+
+            return jax.jit(jax.value_and_grad(loss))
+
+        objs = {
+            "SSM": objectives.sliced,
+            "SSM-VR": objectives.sliced_vr,
+            "FD-SSM": functools.partial(objectives.fd_sliced, eps=args.eps),
+        }
+        calls = {name: (make_step(fn), (params, k_proj)) for name, fn in objs.items()}
+        times = interleaved_times(calls, args.time_reps)
+        ssm_value = float(calls["SSM"][0](params, k_proj)[0])
+        fd_value = float(calls["FD-SSM"][0](params, k_proj)[0])
+        rows.append(
+            [str(dim), str(args.energy_particles)]
+            + [fmt_ms(1e3 * times[name]) for name in objs]
+            + [f"{times['FD-SSM'] / times['SSM']:.2f}", f"{abs(fd_value - ssm_value) / abs(ssm_value):.1e}"]
+        )
+        log(f"energy d={dim} " + " ".join(f"{n}:{1e3 * t:.2f}ms" for n, t in times.items()))
+    header = ["d", "M", "SSM ms", "SSM-VR ms", "FD-SSM ms", "FD-SSM / SSM", "objective rel. diff."]
+    return markdown_table(header, rows)
 
 
 def bench_scaling(args, key) -> list[dict]:
@@ -559,6 +604,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="d values of the cost-vs-d check")
     p.add_argument("--scaling-reps", type=int, default=9, help="timed calls per point (median)")
     p.add_argument("--no-scaling", action="store_true", help="skip the cost-scaling check")
+    p.add_argument("--energy-dims", type=int_list, default=[10, 50, 100],
+                   help="d of the energy-model objective-cost check (empty to skip)")
+    p.add_argument("--energy-particles", type=int, default=500,
+                   help="samples per objective evaluation in the energy-model check")
     p.add_argument("--seed", type=int, default=0, help="seed of targets, samples and networks")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown tables here")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
@@ -627,9 +676,12 @@ def main(args: argparse.Namespace) -> str:
                         f"in-sample {fmt_err(r['error_in_sample'])} "
                         f"({r['step_ms']:.2f} ms/step, {r['train_s']:.1f} s)")
     scaling = [] if args.no_scaling else bench_scaling(args, jax.random.fold_in(root, 99))
+    energy = bench_energy(args, jax.random.fold_in(root, 98)) if args.energy_dims else ""
     elapsed = time.perf_counter() - start
 
     tables = build_tables(results, scaling, args)
+    if energy:
+        tables += "\n### Energy-model objective cost (s = −∇E)\n\n" + energy + "\n"
     settings = (
         f"Settings: steps T={args.steps}"
         f"{' of fit on one fixed set (--fixed-batch)' if args.fixed_batch else ' (streaming)'}, "

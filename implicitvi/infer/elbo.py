@@ -172,7 +172,7 @@ class ImplicitELBO(ELBO):
 
         loss = -(jnp.mean(elbos) + entropy)
         if self.check_finite:
-            step = _step_of(param_map, implicit)
+            step = prototype[state_name(next(iter(implicit)))]["value"]["step"] if implicit else 0
             jax.debug.callback(
                 functools.partial(_raise_non_finite, tuple(implicit)),
                 step,
@@ -180,13 +180,6 @@ class ImplicitELBO(ELBO):
                 site_ok,
             )
         return {"loss": loss, "mutable_state": mutable_state or None}
-
-
-def _step_of(param_map, implicit):
-    for name in implicit:
-        if state_name(name) in param_map:
-            return param_map[state_name(name)]["step"]
-    return jnp.zeros((), jnp.int32)
 
 
 def _check_latent_sites(model_trace, guide_trace):
