@@ -173,11 +173,16 @@ class ImplicitELBO(ELBO):
         loss = -(jnp.mean(elbos) + entropy)
         if self.check_finite:
             step = prototype[state_name(next(iter(implicit)))]["value"]["step"] if implicit else 0
-            jax.debug.callback(
-                functools.partial(_raise_non_finite, tuple(implicit)),
+            flags = (jnp.isfinite(loss), *site_ok)
+            # The host callback runs only on the failing branch: a finite step costs one predicate.
+            jax.lax.cond(
+                jnp.all(jnp.stack(flags)),
+                lambda *_: None,
+                lambda step, *flags: jax.debug.callback(
+                    functools.partial(_raise_non_finite, tuple(implicit)), step, flags[0], flags[1:]
+                ),
                 step,
-                jnp.isfinite(loss),
-                site_ok,
+                *flags,
             )
         return {"loss": loss, "mutable_state": mutable_state or None}
 
