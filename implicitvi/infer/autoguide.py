@@ -4,13 +4,16 @@ All latent sites of the model are flattened into one unconstrained vector ``u �
 NumPyro's :class:`~numpyro.infer.autoguide.AutoContinuous` guides), drawn as
 
 .. math:: \epsilon \sim \mathcal N(0, I_K), \quad
-   w = \epsilon_{1:D} + \tanh(\alpha)\, c\, g_\theta(\epsilon), \quad u = \mu + L w,
+   w = \epsilon_{1:D} + \tanh(\alpha)\, c\, \tanh(g_\theta(\epsilon)), \quad u = \mu + L w,
 
 with ``g`` a network (default MLP), ``α`` a learned gate starting at 0 (the guide starts as a
 Gaussian with mean μ and Cholesky factor L), ``c`` = ``residual_scale`` and ``K ≥ D`` the noise
-dimension. The affine part's entropy :math:`\log|\det L|` is exact; only :math:`H[w]` — a
-scale-free, near-normal distribution — is score-estimated, by default by a
-:class:`~implicitvi.estimators.ScoreNet` with a normal base (``s(w) = −w + net(w)``).
+dimension. The affine part's entropy :math:`\log|\det L|` is exact; only :math:`H[w]` is
+score-estimated, by default by a :class:`~implicitvi.estimators.ScoreNet` with a normal base
+(``s(w) = −w + net(w)``). The residual is bounded (at most ``c`` per coordinate), so ``w`` keeps
+normal tails: with an unbounded residual the sampler outran its score network on a 103-dimensional
+stochastic-volatility model at learning rate 1e-2 (the network's objective rose from −47 to 2·10⁴
+within 500 steps and the run became non-finite near step 1000), which the bound removes.
 Constrained sites get ``biject_to(support)(u)`` and carry its log-Jacobian.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro
+import optax
 from numpyro.distributions import constraints
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
@@ -33,8 +37,14 @@ __all__ = ["AutoImplicit"]
 
 
 def default_estimator() -> ScoreNet:
-    """AutoImplicit's score estimator: a normal-base ScoreNet, 3 SSM-VR steps per SVI step."""
-    return ScoreNet(hidden=(64, 64), base="normal", steps_per_update=3)
+    """AutoImplicit's score estimator: a normal-base 128-128 ScoreNet taking 3 SSM-VR steps per
+    SVI step with Adam (1e-3) on gradients clipped to global norm 1."""
+    return ScoreNet(
+        hidden=(128, 128),
+        base="normal",
+        steps_per_update=3,
+        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)),
+    )
 
 
 class AutoImplicit(AutoContinuous):
@@ -50,8 +60,8 @@ class AutoImplicit(AutoContinuous):
             registers its own parameters (e.g. through ``numpyro.contrib.module.eqx_module`` or
             ``flax_module``) and returns a function mapping ``(..., K)`` to ``(..., D)``.
         estimator: the score estimator of ``w`` (default: :func:`default_estimator`).
-        residual_scale: the factor ``c``; under Adam it sets the network's step size relative to
-            ``μ`` and ``L``.
+        residual_scale: the bound ``c`` on the residual's size per coordinate (in units of the
+            whitened noise).
         init_scale: initial diagonal of ``L``.
         num_samples: draws used by :meth:`median` and :meth:`quantiles`.
         prefix, init_loc_fn: as in NumPyro's autoguides.
@@ -65,7 +75,7 @@ class AutoImplicit(AutoContinuous):
         hidden=(64, 64),
         network=None,
         estimator=None,
-        residual_scale: float = 0.1,
+        residual_scale: float = 1.0,
         init_scale: float = 0.1,
         num_samples: int = 1000,
         prefix: str = "auto",
@@ -122,7 +132,7 @@ class AutoImplicit(AutoContinuous):
         gate = numpyro.param(f"{self.prefix}_gate", jnp.zeros(()))
         residual = self._residual()
         eps = jax.random.normal(numpyro.prng_key(), tuple(sample_shape) + (self.noise_dim,))
-        w = eps[..., :d] + jnp.tanh(gate) * self.residual_scale * residual(eps)
+        w = eps[..., :d] + jnp.tanh(gate) * self.residual_scale * jnp.tanh(residual(eps))
         u = loc + w @ scale_tril.T
         return u, w, jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
 
