@@ -141,8 +141,8 @@ def test_eight_schools_matches_nuts():
     _, result = fit(eight_schools, guide, ImplicitELBO(num_particles=64), SIGMA8, Y8, steps=3000, lr=1e-2)
     draws = guide.sample_posterior(jax.random.PRNGKey(1), result.params, sample_shape=(4000,))
     # Tolerances in units of the NUTS posterior sd: means within 0.25 sd; sds within 30%. The
-    # hardest coordinate is log τ: measured here, its sd comes out 19% low with 64 particles,
-    # 28% low with 16, and 34% low for AutoMultivariateNormal.
+    # hardest coordinate is log τ: measured here, its sd comes out 22% low with 64 particles,
+    # 27% low with 16, and 34% low for AutoMultivariateNormal.
     for site in ("mu", "eta"):
         sd = np.asarray(ref[site]).std(0)
         assert np.all(np.abs(np.asarray(draws[site]).mean(0) - np.asarray(ref[site]).mean(0)) < 0.25 * sd)
