@@ -28,22 +28,31 @@ def median_heuristic(x):
     return np.median(np.linalg.norm(x[i] - x[j], axis=1))
 
 
-def stein_in_sample(x, h, eta, name="rbf"):
-    """Li & Turner (2018), eq. 7: Ĝ = −(K + ηI)⁻¹ ⟨∇, K⟩, ⟨∇, K⟩_i = Σ_j ∇_{x_j} k(x_j, x_i)."""
+def stein_in_sample(x, h, eta, name="rbf", base="zero"):
+    """Li & Turner (2018), eq. 7: Ĝ = −(K + ηI)⁻¹ ⟨∇, K⟩, ⟨∇, K⟩_i = Σ_j ∇_{x_j} k(x_j, x_i).
+
+    base="normal": the same ridge regression for the residual r = s + x, whose Stein identity
+    reads K r ≈ K x − ⟨∇, K⟩; the estimate is −x + r̂.
+    """
     k = kernel(name, x, x, h)
     grad_k = kernel_grad_first(name, x, x, h).sum(axis=0)
+    if base == "normal":
+        return -x + np.linalg.solve(k + eta * np.eye(len(x)), k @ x - grad_k)
     return -np.linalg.solve(k + eta * np.eye(len(x)), grad_k)
 
 
-def stein_out_of_sample(x, queries, h, eta, name="rbf"):
+def stein_out_of_sample(x, queries, h, eta, name="rbf", base="zero"):
     """§3.4: each query joins the samples; its row of the enlarged system's solution."""
     return np.stack(
-        [stein_in_sample(np.vstack([x, q[None]]), h, eta, name)[-1] for q in queries]
+        [stein_in_sample(np.vstack([x, q[None]]), h, eta, name, base)[-1] for q in queries]
     )
 
 
-def ssge(x, queries, h, eta=0.0, num_eigen=None, threshold=0.99, name="rbf"):
-    """Shi, Sun & Zhu (2018): Nyström eigenfunctions of K + ηI, ĝ = Σ_j β_j ψ_j."""
+def ssge(x, queries, h, eta=0.0, num_eigen=None, threshold=0.99, name="rbf", base="zero"):
+    """Shi, Sun & Zhu (2018): Nyström eigenfunctions of K + ηI, ĝ = Σ_j β_j ψ_j.
+
+    base="normal": the expansion of r = s + x, β^r_j = E[ψ_j r] = −E[∇ψ_j] + E[ψ_j x].
+    """
     m = len(x)
     lam, u = np.linalg.eigh(kernel(name, x, x, h) + eta * np.eye(m))
     lam, u = lam[::-1], u[:, ::-1]
@@ -61,4 +70,7 @@ def ssge(x, queries, h, eta=0.0, num_eigen=None, threshold=0.99, name="rbf"):
         ]
 
     beta = -grad_psi(x).mean(axis=0)  # (J, d)
+    if base == "normal":
+        beta = beta + psi(x).T @ x / m
+        return psi(queries) @ beta - queries, num_eigen
     return psi(queries) @ beta, num_eigen

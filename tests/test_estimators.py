@@ -22,19 +22,20 @@ def rel_err(estimate, target):
 # --- agreement with the dense references --------------------------------------------------
 
 
+@pytest.mark.parametrize("base", ["zero", "normal"])
 @pytest.mark.parametrize("kernel", ["rbf", "imq"])
 @pytest.mark.parametrize("bandwidth", [None, 0.7])
-def test_stein_matches_dense_reference(kernel, bandwidth):
-    est = Stein(bandwidth=bandwidth, eta=0.05, kernel=kernel)
+def test_stein_matches_dense_reference(kernel, bandwidth, base):
+    est = Stein(bandwidth=bandwidth, eta=0.05, kernel=kernel, base=base)
     h = reference.median_heuristic(X) if bandwidth is None else bandwidth
     state = est.init(KEY, X)
     np.testing.assert_allclose(state.bandwidth, h, rtol=1e-12)
     np.testing.assert_allclose(
-        est.score(state), reference.stein_in_sample(X, h, 0.05, kernel), rtol=1e-5, atol=1e-10
+        est.score(state), reference.stein_in_sample(X, h, 0.05, kernel, base), rtol=1e-5, atol=1e-10
     )
     np.testing.assert_allclose(
         est.score(state, Q),
-        reference.stein_out_of_sample(X, Q, h, 0.05, kernel),
+        reference.stein_out_of_sample(X, Q, h, 0.05, kernel, base),
         rtol=1e-5,
         atol=1e-10,
     )
@@ -47,6 +48,8 @@ def test_stein_matches_dense_reference(kernel, bandwidth):
         dict(threshold=0.9, kernel="imq"),
         dict(num_eigen=6, eta=0.1),
         dict(num_eigen=60, eta=1e-3, bandwidth=1.5),
+        dict(base="normal"),
+        dict(num_eigen=6, eta=0.1, base="normal", kernel="imq"),
     ],
 )
 def test_ssge_matches_dense_reference(options):
@@ -62,6 +65,7 @@ def test_ssge_matches_dense_reference(options):
             num_eigen=options.get("num_eigen"),
             threshold=options.get("threshold", 0.99),
             name=options.get("kernel", "rbf"),
+            base=options.get("base", "zero"),
         )
         assert int(state.num_eigen) == num_eigen
         np.testing.assert_allclose(est.score(state, queries), expected, rtol=1e-5, atol=1e-10)
@@ -247,6 +251,7 @@ def test_score_net_warm_starts_across_updates():
         (lambda: SSGE(threshold=1.5), r"threshold must be in \(0, 1\]"),
         (lambda: SSGE(num_eigen=0), "num_eigen must be >= 1"),
         (lambda: Stein(kernel="laplace"), "unknown kernel 'laplace'"),
+        (lambda: SSGE(base="uniform"), "unknown base 'uniform'"),
         (lambda: ScoreNet(objective="nce"), "unknown objective 'nce'"),
         (lambda: ScoreNet(holdout=1.0), r"holdout must be in \[0, 1\)"),
         (lambda: ScoreNet(optimizer="adam"), "optimizer must be an optax.GradientTransformation"),

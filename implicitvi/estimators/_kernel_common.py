@@ -8,11 +8,15 @@ import jax.numpy as jnp
 from implicitvi import _checks, kernels
 
 
-def check_kernel_options(bandwidth, kernel: str) -> None:
+BASES = ("zero", "normal")
+
+
+def check_kernel_options(bandwidth, kernel: str, base: str) -> None:
     _checks.check_positive(bandwidth, "bandwidth", allow_none=True)
     if not isinstance(kernel, str):
         raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
     _checks.check_choice(kernel, "kernel", kernels.KERNELS)
+    _checks.check_choice(base, "base", BASES)
 
 
 def bandwidth_for(bandwidth, samples: jax.Array) -> jax.Array:

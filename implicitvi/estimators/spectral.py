@@ -16,6 +16,11 @@ least ``threshold`` of the trace, chosen afresh for every sample set (inside ``j
 Eigenvalues below ``M · λ_1 · eps(dtype)`` are treated as zero and never used, so a rank-deficient
 Gram matrix gives finite estimates.
 
+With ``base="normal"`` the truncated expansion is that of the residual :math:`r = s + x`, whose
+coefficients are :math:`\beta^r_j = -\frac1M\sum_m \nabla\psi_j(x_m) + \frac1M \sum_m \psi_j(x_m)
+x_m`, and :math:`\hat g(x) = -x + \sum_{j \le J} \beta^r_j \psi_j(x)`: the truncation drops the
+residual's high-order components, not the score's (for whitened, near-normal samples).
+
 Cost: :math:`O(M^2 d + M^3)` per sample set, :math:`O(M m (d + J))` for ``m`` queries.
 """
 
@@ -55,6 +60,7 @@ class SSGE(ScoreEstimator):
             ``num_eigen`` is None.
         eta: ridge ``η ≥ 0`` added to the Gram matrix before its eigendecomposition.
         kernel: ``"rbf"`` or ``"imq"``.
+        base: ``"zero"`` (the paper's estimator) or ``"normal"`` (expand ``s + x``).
     """
 
     bandwidth: float | None = None
@@ -62,9 +68,10 @@ class SSGE(ScoreEstimator):
     threshold: float = 0.99
     eta: float = 0.0
     kernel: str = "rbf"
+    base: str = "zero"
 
     def __post_init__(self):
-        check_kernel_options(self.bandwidth, self.kernel)
+        check_kernel_options(self.bandwidth, self.kernel, self.base)
         _checks.check_positive_int(self.num_eigen, "num_eigen", allow_none=True)
         _checks.check_positive(self.threshold, "threshold")
         if self.threshold > 1:
@@ -104,7 +111,11 @@ class SSGE(ScoreEstimator):
         beta = -(inv[:, None] * (eigvecs.T @ kernels.grad_sum(samples, samples, slope))) / jnp.sqrt(
             jnp.asarray(m, samples.dtype)
         )
-        return SSGEState(samples, h, eigvecs, inv, beta, jnp.sum(keep))
+        state = SSGEState(samples, h, eigvecs, inv, beta, jnp.sum(keep))
+        if self.base == "normal":
+            psi = self.eigenfunctions(state, samples)
+            state = state._replace(beta=beta + psi.T @ samples / m)
+        return state
 
     def eigenfunctions(self, state: SSGEState, queries: jax.Array) -> jax.Array:
         """Nyström eigenfunctions ``ψ_j`` at ``queries``; shape ``(m, J_max)``, 0 beyond ``J``."""
@@ -117,4 +128,5 @@ class SSGE(ScoreEstimator):
             self._check_context(context, state.samples.shape[0], "context")
             queries = state.samples
         queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
-        return self.eigenfunctions(state, queries) @ state.beta
+        out = self.eigenfunctions(state, queries) @ state.beta
+        return out - queries if self.base == "normal" else out

@@ -28,7 +28,7 @@ from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
 
 from implicitvi import _checks
-from implicitvi.estimators import ScoreNet
+from implicitvi.estimators import SSGE, ScoreNet, Stein
 from implicitvi.estimators.base import get_estimator
 from implicitvi.infer.primitives import implicit_sample
 from implicitvi.nets import MLP
@@ -47,6 +47,15 @@ def default_estimator() -> ScoreNet:
     )
 
 
+WHITENED = {
+    "ssm": default_estimator,
+    "stein": lambda: Stein(base="normal"),
+    "ssge": lambda: SSGE(base="normal"),
+}
+"""Estimator names → the configurations AutoImplicit uses for them: all shrink towards the
+standard normal's score, which is where the whitened latent ``w`` starts."""
+
+
 class AutoImplicit(AutoContinuous):
     """Implicit (sampler-only) guide over all latent sites of ``model``.
 
@@ -59,7 +68,9 @@ class AutoImplicit(AutoContinuous):
             ``network(name, noise_dim, latent_dim) -> apply`` called inside the guide that
             registers its own parameters (e.g. through ``numpyro.contrib.module.eqx_module`` or
             ``flax_module``) and returns a function mapping ``(..., K)`` to ``(..., D)``.
-        estimator: the score estimator of ``w`` (default: :func:`default_estimator`).
+        estimator: the score estimator of ``w``: an estimator, or ``"ssm"`` (default:
+            :func:`default_estimator`), ``"stein"`` or ``"ssge"`` (with ``base="normal"``).
+            Leave ``ImplicitELBO``'s own ``estimator`` unset to use this one.
         residual_scale: the bound ``c`` on the residual's size per coordinate (in units of the
             whitened noise).
         init_scale: initial diagonal of ``L``.
@@ -87,7 +98,10 @@ class AutoImplicit(AutoContinuous):
         _checks.check_positive_int(num_samples, "num_samples")
         self.noise_dim = noise_dim
         self.network = MLP(hidden) if network is None else network
-        self.estimator = default_estimator() if estimator is None else get_estimator(estimator)
+        if estimator is None or isinstance(estimator, str) and estimator in WHITENED:
+            self.estimator = WHITENED["ssm" if estimator is None else estimator]()
+        else:
+            self.estimator = get_estimator(estimator)
         if self.estimator.conditional:
             raise ValueError("estimator: AutoImplicit's latent has no context; use an unconditional one")
         self.residual_scale = residual_scale
