@@ -295,12 +295,13 @@ def make_guide_and_elbo(name: str, model, particles: int):
         return guide, Trace_ELBO(num_particles=particles)
     if name == "iaf":
         return AutoIAFNormal(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
-    if name == "implicit-ssm":
-        # AutoImplicit's default estimator (a normal-base ScoreNet); the ELBO uses the site's own.
-        return AutoImplicit(model), ImplicitELBO(num_particles=particles)
-    if name in ("implicit-stein", "implicit-ssge"):
-        est = name.split("-")[1]
-        return AutoImplicit(model, estimator=est), ImplicitELBO(num_particles=particles, estimator=est)
+    if name.startswith("implicit-"):
+        # AutoImplicit maps "ssm" / "stein" / "ssge" to its own (normal-base) configurations;
+        # ImplicitELBO(estimator=None) uses the guide site's estimator. Passing the same name to
+        # ImplicitELBO would give a differently configured estimator: for "ssm" it raises, for
+        # the kernel estimators it silently replaces the guide's.
+        est = name.split("-", 1)[1]
+        return AutoImplicit(model, estimator=est), ImplicitELBO(num_particles=particles)
     raise ValueError(f"unknown guide {name!r}; choose from {GUIDES}")
 
 
@@ -409,10 +410,14 @@ def fit_guide(spec, guide_name, args, to_u, score_fn, u_ref, cfg, lr, seed):
     row["seconds"] = time.perf_counter() - start
     row["final_loss"] = float(np.mean(losses[-max(1, cfg.steps // 20):]))
     finite_rows = np.all(np.isfinite(u), axis=1)
-    row["non_finite"] = bool(not np.all(np.isfinite(losses)) or not np.all(finite_rows))
+    bad_losses = np.flatnonzero(~np.isfinite(losses))
+    row["non_finite"] = bool(bad_losses.size or not np.all(finite_rows))
     row["non_finite_draws"] = int(np.sum(~finite_rows))
+    row["first_non_finite_step"] = int(bad_losses[0]) if bad_losses.size else None
     if not np.any(finite_rows):
-        row["error"] = "all draws non-finite"
+        row["error"] = "all draws non-finite" + (
+            f" (loss non-finite from step {bad_losses[0]})" if bad_losses.size else ""
+        )
         return row
     u = u[finite_rows]
     row["mean_err"], row["sd_err"] = moment_errors(u, u_ref)
@@ -515,10 +520,27 @@ def machine_lines() -> list[str]:
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Machine: {os.cpu_count()}-core CPU ({cpu}), {jax.default_backend()} backend",
         f"- Python {platform.python_version()}, JAX {jax.__version__}, NumPyro {numpyro.__version__}, "
-        f"Optax {optax.__version__}, implicitvi {getattr(implicitvi, '__version__', '?')}",
+        f"Optax {optax.__version__}, implicitvi {getattr(implicitvi, '__version__', '?')} "
+        f"(commit {REVISION})",
         f"- XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`, "
         f"OPENBLAS_NUM_THREADS: `{os.environ.get('OPENBLAS_NUM_THREADS', '')}`",
     ]
+
+
+def source_revision() -> str:
+    """The checkout's commit, read once at start-up (the library is imported then)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "implicitvi"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with uncommitted changes to implicitvi/" if dirty else "")
+
+
+REVISION = source_revision()
 
 
 def command_line() -> str:
