@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import optax
+from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
@@ -196,7 +197,5 @@ class AutoImplicit(AutoContinuous):
 
 
 def _model_sites(model, args, kwargs):
-    from numpyro import handlers
-
     with handlers.block():
         return handlers.trace(handlers.seed(model, jax.random.PRNGKey(0))).get_trace(*args, **kwargs)

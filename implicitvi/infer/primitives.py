@@ -25,6 +25,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
 
 from implicitvi import _checks
+from implicitvi.estimators import ScoreNet
 from implicitvi.estimators.base import get_estimator
 
 __all__ = ["implicit_sample", "state_name"]
@@ -36,8 +37,6 @@ def state_name(name: str) -> str:
 
 
 def _default_estimator(context):
-    from implicitvi.estimators import ScoreNet
-
     return ScoreNet(conditional=context is not None)
 
 
