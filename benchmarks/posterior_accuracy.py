@@ -19,6 +19,11 @@ Metrics, per run (``D`` unconstrained coordinates, ``n`` guide draws):
 
 Each table reports the median over seeds (over the seeds whose run finished with finite draws).
 
+Guides: NumPyro's ``AutoNormal``, ``AutoMultivariateNormal`` and ``AutoIAFNormal`` with
+``Trace_ELBO``, and ``AutoImplicit(model, estimator=name)`` for ``name`` in ``ssm``, ``stein``,
+``ssge`` with ``ImplicitELBO()`` (no estimator of its own, so it uses the guide's); every guide
+starts from ``init_to_median``.
+
 Models (data generated with fixed seeds inside this script):
 
 * ``eight_schools``: eight schools, centered parameterization (D = 10).

@@ -10,7 +10,7 @@ from numpyro.contrib.module import eqx_module
 from numpyro.handlers import seed, trace
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
 
-from implicitvi.estimators import ScoreNet
+from implicitvi.estimators import SSGE, ScoreNet, Stein
 from implicitvi.infer import AutoImplicit, ImplicitELBO, implicit_sample
 
 RNG = np.random.default_rng(0)
@@ -308,6 +308,18 @@ def test_persistent_estimator_must_match_the_guides():
     state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
     with pytest.raises(ValueError, match="keeps state across steps"):
         svi.update(state, X_REG, Y_REG)
+
+
+def test_estimator_name_in_the_elbo_keeps_the_sites_configuration():
+    for name, kind in (("ssm", ScoreNet), ("stein", Stein)):
+        guide = AutoImplicit(regression, estimator=name)
+        elbo = ImplicitELBO(num_particles=4, estimator=name)
+        site = {"infer": {"estimator": guide.estimator}}
+        assert elbo._site_estimator("_auto_latent", site) is guide.estimator
+        assert isinstance(guide.estimator, kind)
+    # An estimator of another kind overrides a kernel site's own.
+    site = {"infer": {"estimator": Stein(base="normal")}}
+    assert isinstance(ImplicitELBO(estimator="ssge")._site_estimator("s", site), SSGE)
 
 
 def test_noise_dim_below_latent_dim_is_named():

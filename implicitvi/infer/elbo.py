@@ -52,8 +52,10 @@ class ImplicitELBO(ELBO):
             sees all of them at once (kernel estimators need at least 2).
         estimator: ``None`` (default) uses each site's own estimator (see
             :func:`~implicitvi.infer.implicit_sample`); otherwise an estimator or name
-            (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site. A persistent one
-            (a network) must equal the sites' own, whose state the guide created at ``svi.init``.
+            (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site. A name picks a kind:
+            a site whose own estimator is of that kind keeps its configuration. A persistent
+            estimator object (a network) must equal the site's own, whose state the guide created
+            at ``svi.init``.
         check_finite: stop with ``FloatingPointError`` naming the step and the quantity when the
             loss, a latent or an estimated score becomes non-finite (a host callback per step).
 
@@ -68,6 +70,9 @@ class ImplicitELBO(ELBO):
         if num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {num_particles}")
         self.estimator = None if estimator is None else get_estimator(estimator)
+        # A name picks a kind of estimator; a site whose own estimator is of that kind keeps its
+        # own configuration (AutoImplicit's "stein" is Stein(base="normal"), say).
+        self._by_name = isinstance(estimator, str)
         if self.estimator is not None and not self.estimator.persistent and num_particles < 2:
             raise ValueError(
                 f"num_particles must be >= 2 with the kernel estimator "
@@ -79,9 +84,12 @@ class ImplicitELBO(ELBO):
     def _site_estimator(self, name, site):
         own = site["infer"]["estimator"]
         est = own if self.estimator is None else self.estimator
+        if self._by_name and isinstance(own, type(self.estimator)):
+            est = own
         if est.persistent and est != own:
             raise ValueError(
-                f"implicit site '{name}': ImplicitELBO's estimator {est!r} keeps state across steps, "
+                f"implicit site '{name}': ImplicitELBO's estimator {type(est).__name__} differs from "
+                f"the site's own {type(own).__name__} and keeps state across steps, "
                 "which the guide creates at svi.init for the site's own estimator; pass the same "
                 "estimator to the guide (AutoImplicit(..., estimator=...) or "
                 "implicit_sample(..., estimator=...))"
