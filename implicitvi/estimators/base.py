@@ -87,10 +87,10 @@ class ScoreEstimator:
         """Fit to ``samples``: one :meth:`update` unless the estimator trains iteratively."""
         return self.update(state, samples, key, context)
 
-    def _check_samples(self, samples, context, min_rows: int = 2):
+    def _check_samples(self, samples, context, min_rows: int = 2, context_dim: int | None = None):
         samples = _checks.check_samples(samples, "samples", min_rows=min_rows)
         _checks.check_not_degenerate(samples, "samples")
-        return samples, self._check_context(context, samples.shape[0], "context")
+        return samples, self._check_context(context, samples.shape[0], "context", context_dim)
 
     def _check_context(self, context, num_rows: int, name: str, dim: int | None = None):
         label = type(self).__name__

@@ -152,13 +152,12 @@ class ScoreNet(ScoreEstimator):
         return self.loss_fn(lambda z: self.apply(params, z, context), samples, key)
 
     def _check_batch(self, state: ScoreNetState, samples, context):
-        samples, context = self._check_samples(samples, context)
+        samples, context = self._check_samples(samples, context, context_dim=_dim(state))
         if samples.shape[1] != state.template.shape[1]:
             raise ValueError(
                 f"samples must have {state.template.shape[1]} columns as at init, "
                 f"got shape {tuple(samples.shape)}"
             )
-        context = self._check_context(context, samples.shape[0], "context", _dim(state))
         return samples, context
 
     def _step(self, params, opt_state, samples, key, context):
