@@ -244,6 +244,44 @@ def test_subsampled_plate_with_amortized_conditional_sampler():
     np.testing.assert_allclose(params["w"][1], 0.8, atol=0.05)
 
 
+CONTEXTS = jnp.array([-3.0, -1.0, 1.0, 3.0])
+
+
+def standard_normal_locals(c):
+    with numpyro.plate("items", c.shape[0]):
+        numpyro.sample("z", dist.Normal(0, 1))
+
+
+def per_context_gaussian(estimator):
+    def guide(c):
+        a = numpyro.param("a", 0.2)
+        log_s = numpyro.param("log_s", jnp.log(0.5))
+        with numpyro.plate("items", c.shape[0]):
+            eps = jax.random.normal(numpyro.prng_key(), c.shape)
+            implicit_sample("z", a * c + jnp.exp(log_s) * eps, context=c[:, None], estimator=estimator)
+
+    return guide
+
+
+@pytest.mark.parametrize("estimator", [Stein(), SSGE()], ids=["stein", "ssge"])
+def test_kernel_estimator_scores_each_context_from_its_own_particles(estimator):
+    # z_i = a c_i + s ε_i against p(z_i) = N(0, 1): the ELBO is Σ_i [−(a² c_i² + s²)/2 + log s]
+    # + const, so ∂ELBO/∂a = −a Σ c_i² = −4 and ∂ELBO/∂log s = 4 (1 − s²) = 3. Pooling the four
+    # contexts' particles would score their mixture instead: its entropy depends on a, and its
+    # ∂/∂log s is about 4 s² / (s² + a² var c) ≈ 2.2.
+    elbo = ImplicitELBO(num_particles=200)
+    guide = per_context_gaussian(estimator)
+    params = {"a": jnp.asarray(0.2), "log_s": jnp.log(0.5)}
+
+    def loss(params, key):
+        return elbo.loss(key, params, standard_normal_locals, guide, CONTEXTS)
+
+    grads = [jax.grad(loss)(params, jax.random.PRNGKey(k)) for k in range(4)]
+    mean = {k: float(np.mean([g[k] for g in grads])) for k in params}
+    np.testing.assert_allclose(mean["a"], 4.0, rtol=0.1)
+    np.testing.assert_allclose(mean["log_s"], -3.0, rtol=0.1)
+
+
 # --- bad input --------------------------------------------------------------------------
 
 
@@ -282,13 +320,17 @@ def test_estimator_needing_context_given_none_is_named():
 
 
 def test_kernel_estimator_with_fewer_than_two_particles_is_named():
-    with pytest.raises(ValueError, match="num_particles must be >= 2 with the kernel estimator Stein"):
-        ImplicitELBO(num_particles=1, estimator="stein")
     guide = AutoImplicit(regression, estimator="ssge")
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=1))
     state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
-    with pytest.raises(ValueError, match=r"num_particles must be >= 2 with the kernel estimator SSGE \(implicit site '_auto_latent'\)"):
+    with pytest.raises(ValueError, match=r"num_particles must be >= 2 with the kernel estimator SSGE on a site without a plate \(implicit site '_auto_latent'\)"):
         svi.update(state, X_REG, Y_REG)
+    svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=1, estimator="stein"))
+    with pytest.raises(ValueError, match="num_particles must be >= 2 with the kernel estimator Stein"):
+        svi.update(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG), X_REG, Y_REG)
+    local = SVI(standard_normal_locals, per_context_gaussian(Stein()), optax.adam(1e-2), ImplicitELBO(num_particles=1))
+    with pytest.raises(ValueError, match="Stein on a site with a context .implicit site 'z'., got 1"):
+        local.update(local.init(jax.random.PRNGKey(0), CONTEXTS), CONTEXTS)
 
 
 def test_non_finite_loss_stops_with_the_step():

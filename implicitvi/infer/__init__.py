@@ -1,7 +1,17 @@
-"""NumPyro integration: implicit guide sites, the implicit-aware ELBO and an implicit autoguide."""
+"""NumPyro integration: implicit guide sites, the implicit-aware ELBO, an implicit autoguide, and
+minibatch training with checkpoints."""
 
 from implicitvi.infer.autoguide import AutoImplicit
 from implicitvi.infer.elbo import ImplicitELBO
 from implicitvi.infer.primitives import implicit_sample
+from implicitvi.infer.training import TrainResult, load_checkpoint, run_minibatch, save_checkpoint
 
-__all__ = ["AutoImplicit", "ImplicitELBO", "implicit_sample"]
+__all__ = [
+    "AutoImplicit",
+    "ImplicitELBO",
+    "TrainResult",
+    "implicit_sample",
+    "load_checkpoint",
+    "run_minibatch",
+    "save_checkpoint",
+]

@@ -49,7 +49,9 @@ class ImplicitELBO(ELBO):
 
     Args:
         num_particles: particles per step, drawn in parallel; every implicit site's estimator
-            sees all of them at once (kernel estimators need at least 2).
+            sees all of them at once. A kernel estimator needs two draws at least: two particles
+            on a site with a context (it scores each context from its own particles), or two
+            particles times plate elements on a site without one (it pools them).
         estimator: ``None`` (default) uses each site's own estimator (see
             :func:`~implicitvi.infer.implicit_sample`); otherwise an estimator or name
             (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site. A name picks a kind:
@@ -73,15 +75,10 @@ class ImplicitELBO(ELBO):
         # A name picks a kind of estimator; a site whose own estimator is of that kind keeps its
         # own configuration (AutoImplicit's "stein" is Stein(base="normal"), say).
         self._by_name = isinstance(estimator, str)
-        if self.estimator is not None and not self.estimator.persistent and num_particles < 2:
-            raise ValueError(
-                f"num_particles must be >= 2 with the kernel estimator "
-                f"{type(self.estimator).__name__}, got {num_particles}"
-            )
         self.check_finite = check_finite
         super().__init__(num_particles=num_particles, vectorize_particles=True)
 
-    def _site_estimator(self, name, site):
+    def _site_estimator(self, name, site, latent, context):
         own = site["infer"]["estimator"]
         est = own if self.estimator is None else self.estimator
         if self._by_name and isinstance(own, type(self.estimator)):
@@ -94,10 +91,15 @@ class ImplicitELBO(ELBO):
                 "estimator to the guide (AutoImplicit(..., estimator=...) or "
                 "implicit_sample(..., estimator=...))"
             )
-        if not est.persistent and self.num_particles < 2:
+        # A kernel estimator sees each context's particles, or all particles of all plate
+        # elements pooled; either way it needs two draws at least.
+        pooled = context is None or est.conditional
+        draws = int(np.prod(latent.shape[:-1])) if pooled else self.num_particles
+        if not est.persistent and draws < 2:
+            where = "a site without a plate" if pooled else "a site with a context"
             raise ValueError(
                 f"num_particles must be >= 2 with the kernel estimator {type(est).__name__} "
-                f"(implicit site '{name}'), got {self.num_particles}"
+                f"on {where} (implicit site '{name}'), got {self.num_particles}"
             )
         return est
 
@@ -142,8 +144,8 @@ class ImplicitELBO(ELBO):
         entropy = 0.0
         site_ok = []
         for i, (name, site) in enumerate(implicit.items()):
-            est = self._site_estimator(name, site)
             latent, context, scale = draws[name]  # (P, *batch, d), (P, *batch, c) or None, (P,)
+            est = self._site_estimator(name, site, latent, context)
             d = latent.shape[-1]
             # svi.evaluate passes no mutable state, and the guide's initial one stands in (the
             # loss value does not depend on the scores, see implicitvi.entropy.surrogate).
@@ -163,11 +165,17 @@ class ImplicitELBO(ELBO):
             key = jax.random.fold_in(est_key, i)
             if est.persistent:
                 score_state = est.update(stored["score"], flat, key, flat_ctx)
-                scores = est.score(score_state, flat, flat_ctx)
+                scores = est.score(score_state, flat, flat_ctx).reshape(latent.shape)
+            elif context is not None and not est.conditional:
+                # A kernel estimator of q(w | c): each plate element's P particles on their own.
+                score_state = None
+                per_element = jax.lax.stop_gradient(latent.reshape(latent.shape[0], -1, d))
+                scores = jax.vmap(lambda w: est.score(est.init(key, w)), in_axes=1, out_axes=1)(
+                    per_element
+                ).reshape(latent.shape)
             else:
                 score_state = None
-                scores = est.score(est.init(key, flat, flat_ctx))
-            scores = scores.reshape(latent.shape)
+                scores = est.score(est.init(key, flat, flat_ctx)).reshape(latent.shape)
             # Sum over the site's plate elements, mean over particles, times the subsample scale.
             plate_size = int(np.prod(latent.shape[1:-1]))
             entropy = entropy + scale[0] * plate_size * surrogate(latent, scores)

@@ -64,7 +64,12 @@ def implicit_sample(
         support: the model site's support; ``value`` is mapped into it by
             ``biject_to(support)`` and the site carries that map's log-Jacobian.
         context: ``batch_shape + (c,)`` conditioning values of an amortized sampler
-            ``q(w | c)`` (local latents inside a plate); needs a conditional estimator.
+            ``q(w | c)`` (local latents inside a plate). A conditional network learns
+            ``∇ log q(w | c)`` across all contexts; a kernel estimator (Stein, SSGE) estimates
+            each plate element's score from that element's own particles (so it needs
+            ``num_particles >= 2``). Without a context, the particles of all plate elements are
+            pooled as draws of one distribution: for a sampler shared by the plate's elements,
+            such as a deterministic encoder of the data, that is the *aggregate* posterior.
         estimator: the score estimator of this site (default ``"ssm"``: a
             :class:`~implicitvi.estimators.ScoreNet`, conditional when ``context`` is given). A
             persistent estimator's state is created here, as a mutable site, when SVI starts.
@@ -98,10 +103,11 @@ def implicit_sample(
             f"implicit site '{name}': the estimator {type(est).__name__}(conditional=True) needs a "
             "context; pass context=... (the conditioning values of an amortized sampler)"
         )
-    if context is not None and not est.conditional:
+    if context is not None and est.persistent and not est.conditional:
         raise ValueError(
             f"implicit site '{name}': context was given but the estimator {type(est).__name__} is "
-            "unconditional; use ScoreNet(conditional=True)"
+            "unconditional; use ScoreNet(conditional=True), or a kernel estimator, which "
+            "estimates each context's score from its own particles"
         )
 
     constrained = transform(value)

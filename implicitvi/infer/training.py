@@ -1,0 +1,203 @@
+r"""Minibatch SVI with checkpoints: what ``SVI.run`` does, for data that arrive in batches.
+
+:func:`run_minibatch` takes ``num_steps`` steps of ``svi.update(state, batch, *args)`` on
+minibatches of a data array. Steps run in jitted chunks (a ``lax.scan`` of ``chunk_size``
+updates, so the host is visited once per chunk), a progress bar shows the mean loss of the last
+chunk, and every ``checkpoint_every`` steps the SVI state, the loss history and a configuration
+dict are written to one ``.npz`` file. A re-run with ``resume=True`` continues from that file,
+after checking that it was written for the same configuration and the same state layout.
+
+Batches are drawn epoch by epoch without replacement; the permutation of epoch ``e`` is a
+function of ``(seed, e)`` only, so a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from implicitvi import _checks
+
+__all__ = ["TrainResult", "load_checkpoint", "run_minibatch", "save_checkpoint"]
+
+
+class TrainResult(NamedTuple):
+    state: Any  # the final SVIState
+    losses: np.ndarray  # (num_steps,) loss of every step, resumed steps included
+
+
+def save_checkpoint(path, state, losses, config: dict) -> None:
+    """Write ``state`` (any pytree of arrays), the loss history and ``config`` to ``path``.
+
+    ``config`` must be JSON-serialisable; it is what :func:`load_checkpoint` compares. The file
+    is written to a temporary name first and renamed, so an interrupted write leaves the previous
+    checkpoint intact.
+    """
+    leaves = jax.tree_util.tree_leaves(state)
+    arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    tmp = f"{path}.tmp.npz"
+    np.savez(tmp, losses=np.asarray(losses), config=json.dumps(config, sort_keys=True), **arrays)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, like, config: dict):
+    """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``like``.
+
+    Returns ``(state, losses)``. Raises ``FileNotFoundError`` if ``path`` is missing and
+    ``ValueError`` if the file was written for another configuration (naming the entries that
+    differ) or its arrays do not fit ``like``'s leaves.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist; run without resume first")
+    with np.load(path, allow_pickle=False) as f:
+        saved = json.loads(str(f["config"]))
+        wanted = json.loads(json.dumps(config, sort_keys=True))
+        if saved != wanted:
+            keys = sorted(set(saved) | set(wanted))
+            diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {wanted.get(k)!r} now" for k in keys if saved.get(k) != wanted.get(k)]
+            raise ValueError(
+                f"checkpoint {path!r} comes from another configuration ({'; '.join(diff)})"
+            )
+        leaves, treedef = jax.tree_util.tree_flatten(like)
+        names = sorted((k for k in f.files if k.startswith("leaf_")), key=lambda k: int(k[5:]))
+        if len(names) != len(leaves):
+            raise ValueError(
+                f"checkpoint {path!r} holds {len(names)} arrays but the state has {len(leaves)}"
+            )
+        restored = []
+        for name, leaf in zip(names, leaves):
+            arr = f[name]
+            if arr.shape != np.shape(leaf) or arr.dtype != np.asarray(leaf).dtype:
+                raise ValueError(
+                    f"checkpoint {path!r}: array {name} has shape {arr.shape} and dtype {arr.dtype}, "
+                    f"the state expects {np.shape(leaf)} and {np.asarray(leaf).dtype}"
+                )
+            restored.append(jnp.asarray(arr))
+        return jax.tree_util.tree_unflatten(treedef, restored), np.array(f["losses"])
+
+
+def _epoch_indices(seed: int, num_data: int, batch_size: int, start: int, count: int) -> np.ndarray:
+    """Indices of the batches of steps ``start .. start + count - 1``, shape (count, batch_size)."""
+    per_epoch = num_data // batch_size
+    rows = []
+    for step in range(start, start + count):
+        epoch, position = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(num_data)
+        rows.append(perm[position * batch_size : (position + 1) * batch_size])
+    return np.stack(rows)
+
+
+def run_minibatch(
+    svi,
+    key: jax.Array,
+    data,
+    num_steps: int,
+    *args,
+    batch_size: int,
+    transform: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    chunk_size: int = 100,
+    checkpoint: str | None = None,
+    checkpoint_every: int | None = None,
+    config: dict | None = None,
+    resume: bool = False,
+    progress_bar: bool = True,
+    **kwargs,
+) -> TrainResult:
+    """Run ``num_steps`` SVI steps on minibatches of ``data``.
+
+    Args:
+        svi: a :class:`numpyro.infer.SVI`; its model and guide take the batch as first argument,
+            then ``*args`` and ``**kwargs``.
+        key: PRNG key; it seeds ``svi.init``, the batch order and ``transform``.
+        data: array ``(num_data, ...)``; each step's batch is ``data[idx]`` with ``batch_size``
+            rows, drawn epoch by epoch without replacement.
+        num_steps: total number of steps (a resumed run counts the steps already taken).
+        transform: ``transform(key, batch) -> batch`` applied to every batch inside the jitted
+            step (e.g. :func:`implicitvi.datasets.binarize`).
+        chunk_size: steps per jitted ``lax.scan`` and per progress-bar update.
+        checkpoint: path of the ``.npz`` checkpoint; written every ``checkpoint_every`` steps
+            (rounded up to whole chunks) and at the end.
+        config: JSON-serialisable description of the run stored in the checkpoint; a resumed run
+            must present the same one.
+        resume: continue from ``checkpoint``.
+        progress_bar: show a tqdm bar with the mean loss of the last chunk.
+
+    Returns:
+        :class:`TrainResult` ``(state, losses)``.
+
+    Raises:
+        ValueError / TypeError: bad sizes or a checkpoint from another configuration.
+        FloatingPointError: a step's loss became non-finite (the message names the step).
+    """
+    _checks.check_positive_int(num_steps, "num_steps")
+    _checks.check_positive_int(batch_size, "batch_size")
+    _checks.check_positive_int(chunk_size, "chunk_size")
+    data = jnp.asarray(data)
+    if data.ndim < 1 or data.shape[0] < batch_size:
+        raise ValueError(
+            f"batch_size must be at most the number of data rows, got {batch_size} for data of "
+            f"shape {tuple(data.shape)}"
+        )
+    if checkpoint_every is not None:
+        _checks.check_positive_int(checkpoint_every, "checkpoint_every")
+    if (resume or checkpoint_every is not None) and checkpoint is None:
+        raise ValueError("resume and checkpoint_every need a checkpoint path")
+    config = dict(config or {})
+    init_key, order_key, transform_key = jax.random.split(key, 3)
+    seed = int(jax.random.randint(order_key, (), 0, 2**31 - 1))
+
+    def batch_at(step, idx):
+        batch = data[idx]
+        if transform is not None:
+            batch = transform(jax.random.fold_in(transform_key, step), batch)
+        return batch
+
+    state = svi.init(init_key, batch_at(0, jnp.arange(batch_size)), *args, **kwargs)
+    losses = np.zeros((0,), np.float32)
+    if resume:
+        state, losses = load_checkpoint(checkpoint, state, config)
+        if len(losses) > num_steps:
+            raise ValueError(
+                f"checkpoint {checkpoint!r} has already taken {len(losses)} steps, more than "
+                f"num_steps={num_steps}"
+            )
+
+    @jax.jit
+    def run_chunk(state, steps, indices):
+        def body(state, xs):
+            step, idx = xs
+            state, loss = svi.update(state, batch_at(step, idx), *args, **kwargs)
+            return state, loss
+
+        return jax.lax.scan(body, state, (steps, indices))
+
+    done = len(losses)
+    history = [losses]
+    last_saved = done
+    bar = tqdm(total=num_steps, initial=done, disable=not progress_bar)
+    while done < num_steps:
+        count = min(chunk_size, num_steps - done)
+        indices = _epoch_indices(seed, data.shape[0], batch_size, done, count)
+        state, chunk_losses = run_chunk(state, jnp.arange(done, done + count), jnp.asarray(indices))
+        chunk_losses = np.asarray(chunk_losses)
+        bad = np.flatnonzero(~np.isfinite(chunk_losses))
+        if bad.size:
+            raise FloatingPointError(f"the loss became non-finite at step {done + int(bad[0])}")
+        history.append(chunk_losses)
+        done += count
+        bar.update(count)
+        bar.set_postfix(loss=f"{chunk_losses.mean():.4g}")
+        if checkpoint_every is not None and done - last_saved >= checkpoint_every:
+            save_checkpoint(checkpoint, state, np.concatenate(history), config)
+            last_saved = done
+    bar.close()
+    losses = np.concatenate(history)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, state, losses, config)
+    return TrainResult(state, losses)
