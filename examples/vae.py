@@ -224,7 +224,7 @@ def main(args):
     os.makedirs(args.out_dir, exist_ok=True)
     name = f"vae_{args.encoder}" + ("" if args.encoder == "gaussian" else f"_{args.estimator}")
     name += f"_z{args.latent_dim}"
-    checkpoint = os.path.join(args.out_dir, f"{name}.npz")
+    checkpoint = args.checkpoint or os.path.join(args.out_dir, f"{name}.npz")
     start = time.perf_counter()
     result = run_minibatch(
         svi,
@@ -245,8 +245,10 @@ def main(args):
     seconds = time.perf_counter() - start
     params = svi.get_params(result.state)
     last = result.losses[-min(1000, len(result.losses)) :].mean() / args.batch_size
+    # An implicit encoder's loss value leaves out the entropy (only its gradient is known): it is
+    # −E_q[log p(x, z)], not the negative ELBO.
     print(f"{name}: {len(result.losses)} steps, {seconds:.1f} s this run, "
-          f"training loss per image over the last steps {last:.2f} nats")
+          f"loss per image over the last steps {last:.2f} nats")
 
     # A fixed binarization of the test set, the same for every model.
     test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
@@ -295,6 +297,7 @@ def parse_args(argv=None):
     p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk")
     p.add_argument("--checkpoint-every", type=int, default=5000)
     p.add_argument("--out-dir", default="vae_out")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT_DIR/NAME.npz, NAME naming the configuration)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--iwae-rows", type=int, default=10_000)
     p.add_argument("--iwae-samples", type=int, default=1000)

@@ -119,7 +119,7 @@ def main(args):
     svi = make_svi(args)
     os.makedirs(args.out_dir, exist_ok=True)
     name = f"wae_{args.regularizer}_z{args.latent_dim}"
-    checkpoint = os.path.join(args.out_dir, f"{name}.npz")
+    checkpoint = args.checkpoint or os.path.join(args.out_dir, f"{name}.npz")
     config = {
         "model": "wae",
         "data": "digits" if args.data is None else os.path.basename(os.path.normpath(args.data)),
@@ -198,6 +198,7 @@ def parse_args(argv=None):
     p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk")
     p.add_argument("--checkpoint-every", type=int, default=5000)
     p.add_argument("--out-dir", default="wae_out")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT_DIR/NAME.npz, NAME naming the configuration)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--iwae-rows", type=int, default=10_000)
     p.add_argument("--iwae-samples", type=int, default=1000)

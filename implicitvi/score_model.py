@@ -91,6 +91,18 @@ def _objective_with_options(objective, options: dict) -> Callable:
     return lambda score_fn, x, key: fn(score_fn, x, key, **options)
 
 
+def _checked_loss(model, data, kind, objective, options) -> tuple[jax.Array, Callable]:
+    """Validated ``data`` and the loss ``(params, batch, key) -> scalar`` of the model."""
+    data = _checks.check_samples(data, "data", min_rows=1)
+    _checks.check_choice(kind, "kind", KINDS)
+    objective_fn = _objective_with_options(objective, options)
+
+    def loss(params, batch, key):
+        return objective_fn(model_score(model, params, kind), batch, key)
+
+    return data, loss
+
+
 def _raise_if_non_finite(losses: np.ndarray, params, num_steps: int) -> None:
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
@@ -121,20 +133,19 @@ def score_matching_loss(
 
     The value of ``objective`` (see :func:`fit_score_model`) for the score of
     ``model(params, ·)``, averaged over the rows of ``data``; differentiable in ``params``. The
-    default ``"exact"`` (Hyvärinen 2005) is deterministic and equals the Fisher divergence to
-    the data distribution minus :math:`\tfrac12\mathbb{E}_p\|\nabla\log p\|^2`, which does not
-    depend on the model: lower is better, and differences between models are differences of
-    Fisher divergences. ``key`` is needed by the stochastic objectives only.
+    default ``"exact"`` (Hyvärinen 2005) is deterministic; in expectation over the data it
+    equals the Fisher divergence to the data distribution minus
+    :math:`\tfrac12\mathbb{E}_p\|\nabla\log p\|^2`, which does not depend on the model: lower
+    is better, and differences between models estimate differences of Fisher divergences.
+    ``key`` is needed by the stochastic objectives only.
 
     Raises:
         ValueError, TypeError: as :func:`fit_score_model`, for ``data``, ``kind``,
             ``objective``, its options and the model's output shape.
     """
-    data = _checks.check_samples(data, "data", min_rows=1)
-    _checks.check_choice(kind, "kind", KINDS)
-    loss_fn = _objective_with_options(objective, objective_options)
+    data, loss = _checked_loss(model, data, kind, objective, objective_options)
     _check_model_output(model, params, data, kind)
-    return loss_fn(model_score(model, params, kind), data, key)
+    return loss(params, data, key)
 
 
 def fit_score_model(
@@ -207,10 +218,8 @@ def fit_score_model(
         FloatingPointError: the loss (or, after the last step, a parameter) became non-finite;
             the message names the step.
     """
-    data = _checks.check_samples(data, "data", min_rows=1)
+    data, loss = _checked_loss(model, data, kind, objective, objective_options)
     n = data.shape[0]
-    _checks.check_choice(kind, "kind", KINDS)
-    loss_fn = _objective_with_options(objective, objective_options)
     _checks.check_positive_int(num_steps, "num_steps")
     _checks.check_positive_int(batch_size, "batch_size", allow_none=True)
     if batch_size is not None and batch_size > n:
@@ -222,9 +231,6 @@ def fit_score_model(
             f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
         )
     _check_model_output(model, params, data[: batch_size or n], kind)
-
-    def loss(p, batch, k):
-        return loss_fn(model_score(model, p, kind), batch, k)
 
     @jax.jit
     def run(key, params, data):

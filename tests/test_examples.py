@@ -3,6 +3,9 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -32,3 +35,36 @@ def test_implicit_vi_example(tmp_path, capsys):
     for label in ("NUTS", "AutoNormal", "AutoMultivariateNormal", "AutoImplicit"):
         assert label in printed
     assert out.stat().st_size > 0
+
+
+TINY_AUTOENCODER = ["--steps", "20", "--chunk", "10", "--checkpoint-every", "10", "--iwae-rows", "8",
+                    "--iwae-samples", "16", "--ais-rows", "2", "--ais-temperatures", "5", "--ais-chains", "2",
+                    "--no-progress-bar"]
+
+
+def test_vae_example_trains_resumes_and_evaluates(tmp_path, capsys):
+    example = load("vae")
+    argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--proposal-draws", "16"]
+    results = example.main(example.parse_args(argv))
+    assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
+    assert (tmp_path / "vae_implicit_ssm_z8.png").stat().st_size > 0
+    # A re-run resumes; one with another latent size refuses the checkpoint.
+    resumed = example.main(example.parse_args(argv + ["--resume", "--steps", "30"]))
+    assert resumed["steps"] == 30
+    with pytest.raises(ValueError, match="another configuration .*latent_dim: 8 in the checkpoint, 4 now"):
+        checkpoint = str(tmp_path / "vae_implicit_ssm_z8.npz")
+        example.main(example.parse_args(argv + ["--resume", "--latent-dim", "4", "--checkpoint", checkpoint]))
+
+
+def test_wae_example_with_score_and_mmd_regularizers(tmp_path):
+    example = load("wae")
+    for regularizer in ("ssm", "mmd"):
+        argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--regularizer", regularizer]
+        results = example.main(example.parse_args(argv))
+        assert results["steps"] == 20 and np.isfinite(results["ais_nll"])
+        assert (tmp_path / f"wae_{regularizer}_z8.png").stat().st_size > 0
+
+
+def test_autoencoder_examples_refuse_a_latent_dimension_below_one():
+    with pytest.raises(SystemExit):
+        load("vae").parse_args(["--latent-dim", "0"])
