@@ -115,6 +115,12 @@ def load_data(args):
     return datasets.load_mnist(args.data)
 
 
+def run_name(args):
+    """File stem of the run's checkpoint, figure and results, e.g. ``vae_implicit_ssm_z8``."""
+    estimator = "" if args.encoder == "gaussian" else f"_{args.estimator}"
+    return f"vae_{args.encoder}{estimator}_z{args.latent_dim}"
+
+
 def run_config(args):
     """What a checkpoint must match to be resumed."""
     return {
@@ -222,8 +228,7 @@ def main(args):
     train_key, eval_key, test_key, fig_key = jax.random.split(key, 4)
     svi = make_svi(args)
     os.makedirs(args.out_dir, exist_ok=True)
-    name = f"vae_{args.encoder}" + ("" if args.encoder == "gaussian" else f"_{args.estimator}")
-    name += f"_z{args.latent_dim}"
+    name = run_name(args)
     checkpoint = args.checkpoint or os.path.join(args.out_dir, f"{name}.npz")
     start = time.perf_counter()
     result = run_minibatch(

@@ -111,6 +111,11 @@ def make_svi(args):
     return SVI(decoder_with_prior, deterministic_encoder(estimator), optim, ImplicitELBO(num_particles=1))
 
 
+def run_name(args):
+    """File stem of the run's checkpoint, figure and results, e.g. ``wae_ssm_z8``."""
+    return f"wae_{args.regularizer}_z{args.latent_dim}"
+
+
 def main(args):
     data = vae.load_data(args)
     train_x = jnp.asarray(data.train.images)
@@ -118,7 +123,7 @@ def main(args):
     train_key, eval_key, test_key, fig_key = jax.random.split(key, 4)
     svi = make_svi(args)
     os.makedirs(args.out_dir, exist_ok=True)
-    name = f"wae_{args.regularizer}_z{args.latent_dim}"
+    name = run_name(args)
     checkpoint = args.checkpoint or os.path.join(args.out_dir, f"{name}.npz")
     config = {
         "model": "wae",
