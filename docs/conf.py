@@ -44,7 +44,9 @@ source_suffix = {
     ".md": "markdown",
 }
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+# ``benchmarks_*.md`` are section fragments (they start at H2) that are merged into, or included
+# by, ``benchmarks.md``; they are not pages of their own.
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "benchmarks_*.md"]
 nitpicky = False
 
 # -- autodoc / napoleon ------------------------------------------------------
@@ -61,7 +63,7 @@ napoleon_use_rtype = False
 
 # -- MyST (Markdown pages) ---------------------------------------------------
 
-myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 
 # -- HTML output -------------------------------------------------------------
