@@ -44,9 +44,7 @@ source_suffix = {
     ".md": "markdown",
 }
 root_doc = "index"
-# ``benchmarks_*.md`` are section fragments (they start at H2) that are merged into, or included
-# by, ``benchmarks.md``; they are not pages of their own.
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "benchmarks_*.md"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 nitpicky = False
 
 # -- autodoc / napoleon ------------------------------------------------------
