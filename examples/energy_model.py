@@ -126,7 +126,8 @@ def main(args):
           f"uniform start {float(mmd2(init, test)):.4f}, "
           f"second data draw {float(mmd2(sample(k_ref, args.num_samples), test)):.4f}")
     if args.out:
-        plot(np.asarray(data), np.asarray(samples), jax.jit(lambda x: energy(params, x)), losses, args)
+        grid_energy = jax.jit(lambda x: energy(params, x))
+        plot(np.asarray(data), np.asarray(samples), grid_energy, losses, args)
         print(f"wrote {args.out}")
 
 

@@ -10,6 +10,7 @@ from implicitvi import (
     kernels,
     nets,
     objectives,
+    score_model,
 )
 from implicitvi.estimators import estimate_score
 
@@ -26,4 +27,5 @@ __all__ = [
     "kernels",
     "nets",
     "objectives",
+    "score_model",
 ]

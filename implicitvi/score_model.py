@@ -32,7 +32,9 @@ __all__ = ["fit_score_model", "langevin_sample", "model_score", "score_matching_
 KINDS = ("energy", "score")
 
 
-def model_score(model: Callable, params: Any, kind: str = "energy") -> Callable[[jax.Array], jax.Array]:
+def model_score(
+    model: Callable, params: Any, kind: str = "energy"
+) -> Callable[[jax.Array], jax.Array]:
     r"""The score function ``x ↦ s(x)`` of a model with parameters ``params``.
 
     Args:
@@ -112,7 +114,7 @@ def _raise_if_non_finite(losses: np.ndarray, params, num_steps: int) -> None:
             f"{num_steps}; lower the learning rate, or check the model for overflow"
         )
     leaves = jax.tree.leaves(params)
-    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
+    if not all(np.all(np.isfinite(leaf)) for leaf in leaves):
         raise FloatingPointError(
             f"model parameters became non-finite in the last of {num_steps} steps; "
             "lower the learning rate"
@@ -304,34 +306,41 @@ def langevin_sample(
     _checks.check_positive(step_size, "step_size")
     _checks.check_positive_int(num_steps, "num_steps")
     if sigmas is None:
-        scales = jnp.ones((num_steps,), init.dtype)
+        sigmas = np.ones((1,), init.dtype)
         score_args = lambda x, sigma: (x,)  # noqa: E731
     else:
         sigmas = _checks.as_float_array(sigmas, "sigmas")
         if sigmas.ndim != 1 or sigmas.shape[0] < 1:
             raise ValueError(f"sigmas must be 1-D and non-empty, got shape {tuple(sigmas.shape)}")
-        if _checks.is_concrete(sigmas) and not bool(jnp.all(jnp.isfinite(sigmas) & (sigmas > 0))):
+        host = np.asarray(sigmas) if _checks.is_concrete(sigmas) else None
+        if host is not None and not np.all(np.isfinite(host) & (host > 0)):
             raise ValueError(f"sigmas must be finite and > 0, got {sigmas}")
         sigmas = sigmas.astype(init.dtype)
-        scales = jnp.repeat(sigmas, num_steps)
         score_args = lambda x, sigma: (x, sigma)  # noqa: E731
-    out = jax.eval_shape(score_fn, *score_args(init, scales[0]))
+    out = jax.eval_shape(score_fn, *score_args(init, jax.ShapeDtypeStruct((), init.dtype)))
     if getattr(out, "shape", None) != init.shape:
         got = getattr(out, "shape", type(out).__name__)
-        raise ValueError(f"score_fn must map init of shape {init.shape} to the same shape, got {got}")
-    # Annealing rescales the step by σ_i²/σ_L²; without it every scale is 1.
-    steps = step_size * (scales / scales[-1]) ** 2
+        raise ValueError(
+            f"score_fn must map init of shape {init.shape} to the same shape, got {got}"
+        )
+    total = sigmas.shape[0] * num_steps
 
     def step(x, inputs):
         eps, sigma, k = inputs
         noise = jax.random.normal(k, x.shape, x.dtype)
         return x + 0.5 * eps * score_fn(*score_args(x, sigma)) + jnp.sqrt(eps) * noise, None
 
-    keys = jax.random.split(key, scales.shape[0])
-    x, _ = jax.jit(lambda x: jax.lax.scan(step, x, (steps, scales, keys)))(init)
-    if _checks.is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    @jax.jit
+    def run(key, x, sigmas):
+        scales = jnp.repeat(sigmas, num_steps)
+        # Annealing rescales the step by σ_i²/σ_L²; without it the only scale is 1.
+        steps = step_size * (scales / sigmas[-1]) ** 2
+        return jax.lax.scan(step, x, (steps, scales, jax.random.split(key, total)))[0]
+
+    x = run(key, init, sigmas)
+    if _checks.is_concrete(x) and not np.all(np.isfinite(x)):
         raise FloatingPointError(
-            f"Langevin samples became non-finite within {scales.shape[0]} steps of size "
+            f"Langevin samples became non-finite within {total} steps of size "
             f"{step_size}; lower step_size"
         )
     return x

@@ -152,7 +152,7 @@ def fit(data=X, model=quadratic_energy, **kwargs):
         ({"data": X[:, 0]}, ValueError, "data must be 2-D"),
         ({"data": X[None]}, ValueError, "data must be 2-D"),
         ({"data": np.ones((5, D), dtype=int)}, TypeError, "data must be an array of floats"),
-        ({"objective": "ssm_v"}, ValueError, r"unknown objective 'ssm_v'; expected one of .*'ssm_vr'"),
+        ({"objective": "ssm_v"}, ValueError, r"unknown objective 'ssm_v'; expected one of .*ssm"),
         ({"objective": "dsm", "eps": 0.1}, TypeError, "no option 'eps'; its options are"),
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
         ({"batch_size": 201}, ValueError, r"batch_size must be in \[1, 200\]"),
