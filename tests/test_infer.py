@@ -357,11 +357,12 @@ def test_estimator_name_in_the_elbo_keeps_the_sites_configuration():
         guide = AutoImplicit(regression, estimator=name)
         elbo = ImplicitELBO(num_particles=4, estimator=name)
         site = {"infer": {"estimator": guide.estimator}}
-        assert elbo._site_estimator("_auto_latent", site) is guide.estimator
+        latent = jnp.zeros((4, 3))
+        assert elbo._site_estimator("_auto_latent", site, latent, None) is guide.estimator
         assert isinstance(guide.estimator, kind)
     # An estimator of another kind overrides a kernel site's own.
     site = {"infer": {"estimator": Stein(base="normal")}}
-    assert isinstance(ImplicitELBO(estimator="ssge")._site_estimator("s", site), SSGE)
+    assert isinstance(ImplicitELBO(estimator="ssge")._site_estimator("s", site, jnp.zeros((16, 3)), None), SSGE)
 
 
 def test_noise_dim_below_latent_dim_is_named():
