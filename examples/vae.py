@@ -254,53 +254,63 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
     return results
 
 
-def main(args):
-    data = load_data(args)
-    train_x = jnp.asarray(data.train.images)
-    key = jax.random.PRNGKey(args.seed)
-    train_key, eval_key, test_key, fig_key = jax.random.split(key, 4)
-    svi = make_svi(args)
+def train(args, svi, data, name, config, key, *model_args):
+    """Train, or resume from the run's checkpoint, on the training images; returns the
+    :class:`~implicitvi.infer.TrainResult` and the wall time of this run."""
     os.makedirs(args.out_dir, exist_ok=True)
-    name = run_name(args)
-    checkpoint = args.checkpoint or os.path.join(args.out_dir, f"{name}.npz")
     start = time.perf_counter()
     result = run_minibatch(
         svi,
-        train_key,
-        train_x,
+        key,
+        jnp.asarray(data.train.images),
         args.steps,
-        args.latent_dim,
-        tuple(args.hidden),
+        *model_args,
         batch_size=args.batch_size,
         transform=datasets.binarize,
         chunk_size=args.chunk,
-        checkpoint=checkpoint,
+        checkpoint=args.checkpoint or os.path.join(args.out_dir, f"{name}.npz"),
         checkpoint_every=args.checkpoint_every,
-        config=run_config(args),
+        config=config,
         resume=args.resume,
         progress_bar=args.progress_bar,
     )
     seconds = time.perf_counter() - start
-    params = svi.get_params(result.state)
     last = result.losses[-min(1000, len(result.losses)) :].mean() / args.batch_size
-    # An implicit encoder's loss value leaves out the entropy (only its gradient is known): it is
-    # −E_q[log p(x, z)], not the negative ELBO.
+    # With an implicit site the loss value leaves out the entropy (only its gradient is known).
     print(f"{name}: {len(result.losses)} steps, {seconds:.1f} s this run, "
           f"loss per image over the last steps {last:.2f} nats")
+    return result, seconds
+
+
+def report(args, name, results, result, seconds):
+    """Print the evaluation and write it to OUT_DIR/NAME.json."""
+    results.update({"name": name, "steps": int(len(result.losses)), "train_seconds_this_run": seconds})
+    for k, v in results.items():
+        print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
+    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def main(args):
+    data = load_data(args)
+    train_key, eval_key, test_key, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
+    svi = make_svi(args)
+    name = run_name(args)
+    hidden = tuple(args.hidden)
+    result, seconds = train(args, svi, data, name, run_config(args), train_key, args.latent_dim, hidden)
+    params = svi.get_params(result.state)
 
     # A fixed binarization of the test set, the same for every model.
     test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
     data_dim = test_x.shape[-1]
-    hidden = tuple(args.hidden)
     log_lik = decoder_log_likelihood(params, hidden, data_dim)
-    guide = svi.guide
     rows = max(args.iwae_rows, 64)
-    draws = encoder_draws(guide, params, test_x[:rows], args.latent_dim, hidden, eval_key, args.proposal_draws)
+    draws = encoder_draws(svi.guide, params, test_x[:rows], args.latent_dim, hidden, eval_key, args.proposal_draws)
     decode = jax.jit(lambda z: jax.nn.sigmoid(decoder_net(hidden, data_dim)[1](params["decoder$params"], z)))
-    prior_z = jax.random.normal(fig_key, (64, args.latent_dim))
     save_figures(
         os.path.join(args.out_dir, f"{name}.png"),
-        decode(prior_z),
+        decode(jax.random.normal(fig_key, (64, args.latent_dim))),
         test_x,
         decode(draws[0, :64]),
         result.losses,
@@ -312,45 +322,48 @@ def main(args):
     loc, scale_tril = evaluation.gaussian_proposal(
         jnp.swapaxes(draws[:, : args.iwae_rows], 0, 1), widen=args.proposal_widen
     )
-    results = evaluate(eval_key, args, log_lik, test_x, loc, scale_tril)
-    results.update({"name": name, "steps": int(len(result.losses)), "train_seconds_this_run": seconds})
-    for k, v in results.items():
-        print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
-    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    return results
+    return report(args, name, evaluate(eval_key, args, log_lik, test_x, loc, scale_tril), result, seconds)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_autoencoder_arguments(p, out_dir):
+    """The data, training, checkpoint and evaluation flags that the VAE and WAE examples share."""
     p.add_argument("--data", default=None, help="mnist.pkl.gz or a directory with MNIST IDX files (default: sklearn digits)")
     p.add_argument("--latent-dim", type=int, default=8)
-    p.add_argument("--encoder", choices=["implicit", "whitened", "gaussian"], default="implicit",
-                   help="implicit: the paper's [x, ε] → z sampler; whitened: z = μ(x) + σ(x)(ε + residual); gaussian: the ordinary VAE")
-    p.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
-    p.add_argument("--kernel-samples", type=int, default=100, help="encoder samples per x for stein/ssge")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk")
     p.add_argument("--checkpoint-every", type=int, default=5000)
-    p.add_argument("--out-dir", default="vae_out")
+    p.add_argument("--out-dir", default=out_dir)
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT_DIR/NAME.npz, NAME naming the configuration)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--iwae-rows", type=int, default=10_000)
     p.add_argument("--iwae-samples", type=int, default=1000)
-    p.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
-    p.add_argument("--proposal-widen", type=float, default=1.5)
     p.add_argument("--ais-rows", type=int, default=0)
     p.add_argument("--ais-temperatures", type=int, default=1000)
     p.add_argument("--ais-chains", type=int, default=16)
     p.add_argument("--ais-leapfrog", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
-    args = p.parse_args(argv)
+
+
+def check_latent_dim(p, args):
     if args.latent_dim < 1:
         p.error(f"--latent-dim must be >= 1, got {args.latent_dim}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_autoencoder_arguments(p, "vae_out")
+    p.add_argument("--encoder", choices=["implicit", "whitened", "gaussian"], default="implicit",
+                   help="implicit: the paper's [x, ε] → z sampler; whitened: z = μ(x) + σ(x)(ε + residual); gaussian: the ordinary VAE")
+    p.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
+    p.add_argument("--kernel-samples", type=int, default=100, help="encoder samples per x for stein/ssge")
+    p.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
+    p.add_argument("--proposal-widen", type=float, default=1.5)
+    args = p.parse_args(argv)
+    check_latent_dim(p, args)
     return args
 
 

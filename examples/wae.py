@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
@@ -38,7 +35,7 @@ from numpyro.infer import SVI, Trace_ELBO
 
 from implicitvi import datasets
 from implicitvi.estimators import SSGE, ScoreNet, Stein
-from implicitvi.infer import ImplicitELBO, implicit_sample, run_minibatch
+from implicitvi.infer import ImplicitELBO, implicit_sample
 
 # The decoder, data loading, figures and test log-likelihood are the VAE example's.
 _spec = importlib.util.spec_from_file_location("vae_example", Path(__file__).with_name("vae.py"))
@@ -118,13 +115,10 @@ def run_name(args):
 
 def main(args):
     data = vae.load_data(args)
-    train_x = jnp.asarray(data.train.images)
-    key = jax.random.PRNGKey(args.seed)
-    train_key, eval_key, test_key, fig_key = jax.random.split(key, 4)
+    train_key, eval_key, test_key, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
     svi = make_svi(args)
-    os.makedirs(args.out_dir, exist_ok=True)
     name = run_name(args)
-    checkpoint = args.checkpoint or os.path.join(args.out_dir, f"{name}.npz")
+    hidden = tuple(args.hidden)
     config = {
         "model": "wae",
         "data": "digits" if args.data is None else os.path.basename(os.path.normpath(args.data)),
@@ -136,32 +130,10 @@ def main(args):
         "lr": args.lr,
         "seed": args.seed,
     }
-    start = time.perf_counter()
-    result = run_minibatch(
-        svi,
-        train_key,
-        train_x,
-        args.steps,
-        args.latent_dim,
-        tuple(args.hidden),
-        args.lam,
-        batch_size=args.batch_size,
-        transform=datasets.binarize,
-        chunk_size=args.chunk,
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        config=config,
-        resume=args.resume,
-        progress_bar=args.progress_bar,
-    )
-    seconds = time.perf_counter() - start
+    result, seconds = vae.train(args, svi, data, name, config, train_key, args.latent_dim, hidden, args.lam)
     params = svi.get_params(result.state)
-    last = result.losses[-min(1000, len(result.losses)) :].mean() / args.batch_size
-    print(f"{name}: {len(result.losses)} steps, {seconds:.1f} s this run, "
-          f"training loss per image over the last steps {last:.2f}")
 
     test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
-    hidden = tuple(args.hidden)
     data_dim = test_x.shape[-1]
     log_lik = vae.decoder_log_likelihood(params, hidden, data_dim)
     codes = jax.jit(vae.mlp(hidden, args.latent_dim, stax.Tanh)[1])(params["encoder$params"], test_x)
@@ -181,42 +153,17 @@ def main(args):
     # scale is --proposal-scale times the spread of the codes over the test set.
     loc = codes[: args.iwae_rows]
     scale = jnp.broadcast_to(args.proposal_scale * codes.std(0), loc.shape)
-    results = vae.evaluate(eval_key, args, log_lik, test_x, loc, scale)
-    results.update({"name": name, "steps": int(len(result.losses)), "train_seconds_this_run": seconds})
-    for k, v in results.items():
-        print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
-    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    return results
+    return vae.report(args, name, vae.evaluate(eval_key, args, log_lik, test_x, loc, scale), result, seconds)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="mnist.pkl.gz or a directory with MNIST IDX files (default: sklearn digits)")
-    p.add_argument("--latent-dim", type=int, default=8)
+    vae.add_autoencoder_arguments(p, "wae_out")
     p.add_argument("--regularizer", choices=["ssm", "stein", "ssge", "mmd"], default="ssm")
     p.add_argument("--lam", type=float, default=10.0, help="weight λ of the latent regularizer")
-    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk")
-    p.add_argument("--checkpoint-every", type=int, default=5000)
-    p.add_argument("--out-dir", default="wae_out")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: OUT_DIR/NAME.npz, NAME naming the configuration)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--iwae-rows", type=int, default=10_000)
-    p.add_argument("--iwae-samples", type=int, default=1000)
     p.add_argument("--proposal-scale", type=float, default=0.1, help="IWAE proposal scale, relative to the codes' spread")
-    p.add_argument("--ais-rows", type=int, default=0)
-    p.add_argument("--ais-temperatures", type=int, default=1000)
-    p.add_argument("--ais-chains", type=int, default=16)
-    p.add_argument("--ais-leapfrog", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     args = p.parse_args(argv)
-    if args.latent_dim < 1:
-        p.error(f"--latent-dim must be >= 1, got {args.latent_dim}")
+    vae.check_latent_dim(p, args)
     if args.lam <= 0:
         p.error(f"--lam must be > 0, got {args.lam}")
     return args
