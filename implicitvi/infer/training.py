@@ -85,11 +85,13 @@ def load_checkpoint(path, like, config: dict):
 def _epoch_indices(seed: int, num_data: int, batch_size: int, start: int, count: int) -> np.ndarray:
     """Indices of the batches of steps ``start .. start + count - 1``, shape (count, batch_size)."""
     per_epoch = num_data // batch_size
+    perms = {}  # one permutation per epoch the chunk touches, not one per step
     rows = []
     for step in range(start, start + count):
         epoch, position = divmod(step, per_epoch)
-        perm = np.random.default_rng([seed, epoch]).permutation(num_data)
-        rows.append(perm[position * batch_size : (position + 1) * batch_size])
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_data)
+        rows.append(perms[epoch][position * batch_size : (position + 1) * batch_size])
     return np.stack(rows)
 
 
