@@ -65,6 +65,8 @@ def test_wae_example_with_score_and_mmd_regularizers(tmp_path):
         assert (tmp_path / f"wae_{regularizer}_z8.png").stat().st_size > 0
 
 
-def test_autoencoder_examples_refuse_a_latent_dimension_below_one():
-    with pytest.raises(SystemExit):
-        load("vae").parse_args(["--latent-dim", "0"])
+def test_autoencoder_examples_refuse_a_latent_dimension_below_one(capsys):
+    for name in ("vae", "wae"):
+        with pytest.raises(SystemExit):
+            load(name).parse_args(["--latent-dim", "0"])
+        assert "--latent-dim must be >= 1, got 0" in capsys.readouterr().err
