@@ -344,6 +344,22 @@ def test_non_finite_loss_stops_with_the_step():
         svi.run(jax.random.PRNGKey(0), 200, np.full((5, 2), 3.0), progress_bar=False)
 
 
+def test_non_finite_latent_names_the_site():
+    def model():
+        numpyro.sample("mu", dist.Normal(0, 1))
+
+    def guide():
+        loc = numpyro.param("loc", 0.0)
+        noise = jax.random.normal(numpyro.prng_key(), ())
+        # The latent whose score is estimated is broken; the value itself stays finite.
+        implicit_sample("mu", loc + noise, latent=jnp.full((1,), jnp.nan), estimator="stein")
+
+    svi = SVI(model, guide, optax.adam(1e-2), ImplicitELBO(num_particles=4))
+    state = svi.init(jax.random.PRNGKey(0))
+    with pytest.raises(Exception, match=r"the latent or estimated score of implicit site 'mu' became non-finite at step 0"):
+        jax.block_until_ready(jax.jit(svi.update)(state))
+
+
 def test_persistent_estimator_must_match_the_guides():
     guide = AutoImplicit(regression)
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(estimator=ScoreNet(hidden=(8,))))
