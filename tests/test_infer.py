@@ -282,6 +282,45 @@ def test_kernel_estimator_scores_each_context_from_its_own_particles(estimator):
     np.testing.assert_allclose(mean["log_s"], -3.0, rtol=0.1)
 
 
+def per_context_gaussian_with_draws(estimator, m):
+    def guide(c):
+        a = numpyro.param("a", 0.2)
+        log_s = numpyro.param("log_s", jnp.log(0.5))
+        with numpyro.plate("items", c.shape[0]):
+            eps = jax.random.normal(numpyro.prng_key(), c.shape + (m,))
+            w = (a * c[:, None] + jnp.exp(log_s) * eps)[..., None]  # (items, m, 1)
+            implicit_sample("z", w[:, 0, 0], context=c[:, None], estimator=estimator, entropy_draws=w)
+
+    return guide
+
+
+def test_entropy_draws_carry_the_entropy_term():
+    # One particle, whose value the model sees, and 200 further draws per context for the
+    # entropy: the ELBO gradient is the closed form of the test above, ∂(−ELBO)/∂a = 4 and
+    # ∂(−ELBO)/∂log s = −3, averaged over keys (the model term is a one-draw estimate).
+    elbo = ImplicitELBO(num_particles=1)
+    guide = per_context_gaussian_with_draws(Stein(), 200)
+    params = {"a": jnp.asarray(0.2), "log_s": jnp.log(0.5)}
+
+    def loss(params, key):
+        return elbo.loss(key, params, standard_normal_locals, guide, CONTEXTS)
+
+    grads = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, jax.random.split(jax.random.PRNGKey(0), 400))
+    np.testing.assert_allclose(float(jnp.mean(grads["a"])), 4.0, rtol=0.1)
+    np.testing.assert_allclose(float(jnp.mean(grads["log_s"])), -3.0, rtol=0.1)
+    # Without the draws, one particle per context is too few for a kernel estimator.
+    with pytest.raises(ValueError, match="Stein on a site with a context .implicit site 'z'., got 1"):
+        elbo.loss(jax.random.PRNGKey(0), params, standard_normal_locals, per_context_gaussian(Stein()), CONTEXTS)
+
+
+def test_entropy_draws_of_the_wrong_shape_are_named():
+    def guide():
+        implicit_sample("z", jnp.zeros(3), support=dist.constraints.real_vector, entropy_draws=jnp.zeros((5, 2)))
+
+    with pytest.raises(ValueError, match=r"implicit site 'z': entropy_draws must have shape batch_shape \+ \(m, d\) = \(\) \+ \(m, 3\), got \(5, 2\)"):
+        trace(seed(guide, 0)).get_trace()
+
+
 # --- bad input --------------------------------------------------------------------------
 
 
@@ -374,11 +413,11 @@ def test_estimator_name_in_the_elbo_keeps_the_sites_configuration():
         elbo = ImplicitELBO(num_particles=4, estimator=name)
         site = {"infer": {"estimator": guide.estimator}}
         latent = jnp.zeros((4, 3))
-        assert elbo._site_estimator("_auto_latent", site, latent, None) is guide.estimator
+        assert elbo._site_estimator("_auto_latent", site, latent, None, 4) is guide.estimator
         assert isinstance(guide.estimator, kind)
     # An estimator of another kind overrides a kernel site's own.
     site = {"infer": {"estimator": Stein(base="normal")}}
-    assert isinstance(ImplicitELBO(estimator="ssge")._site_estimator("s", site, jnp.zeros((16, 3)), None), SSGE)
+    assert isinstance(ImplicitELBO(estimator="ssge")._site_estimator("s", site, jnp.zeros((16, 3)), None, 16), SSGE)
 
 
 def test_noise_dim_below_latent_dim_is_named():

@@ -97,7 +97,7 @@ class ImplicitELBO(ELBO):
         self.check_finite = check_finite
         super().__init__(num_particles=num_particles, vectorize_particles=True)
 
-    def _site_estimator(self, name, site, latent, context):
+    def _site_estimator(self, name, site, latent, context, per_element):
         own = site["infer"]["estimator"]
         est = own if self.estimator is None else self.estimator
         if self._by_name and isinstance(own, type(self.estimator)):
@@ -113,12 +113,13 @@ class ImplicitELBO(ELBO):
         # A kernel estimator sees each context's particles, or all particles of all plate
         # elements pooled; either way it needs two draws at least.
         pooled = context is None or est.conditional
-        draws = int(np.prod(latent.shape[:-1])) if pooled else self.num_particles
+        draws = int(np.prod(latent.shape[:-1])) if pooled else per_element
         if not est.persistent and draws < 2:
             where = "a site without a plate" if pooled else "a site with a context"
             raise ValueError(
                 f"num_particles must be >= 2 with the kernel estimator {type(est).__name__} "
                 f"on {where} (implicit site '{name}'), got {self.num_particles}"
+                + ("" if per_element == self.num_particles else f" (and {per_element} draws in all)")
             )
         return est
 
@@ -153,6 +154,7 @@ class ImplicitELBO(ELBO):
                     site["infer"]["implicit_latent"],
                     site["infer"]["implicit_context"],
                     jnp.asarray(scale),
+                    site["infer"]["implicit_entropy_draws"],
                 )
             return model_lp - guide_lp, draws
 
@@ -163,8 +165,18 @@ class ImplicitELBO(ELBO):
         entropy = 0.0
         site_ok = []
         for i, (name, site) in enumerate(implicit.items()):
-            latent, context, scale = draws[name]  # (P, *batch, d), (P, *batch, c) or None, (P,)
-            est = self._site_estimator(name, site, latent, context)
+            # (P, *batch, d), (P, *batch, c) or None, (P,), (P, *batch, m, d) or None
+            latent, context, scale, extra = draws[name]
+            plate_size = int(np.prod(latent.shape[1:-1]))
+            if extra is not None:
+                # The entropy is estimated at the site's further draws, m per plate element.
+                latent = extra
+                if context is not None:
+                    context = jnp.broadcast_to(
+                        context[..., None, :], extra.shape[:-1] + context.shape[-1:]
+                    )
+            per_element = latent.shape[0] * (1 if extra is None else extra.shape[-2])
+            est = self._site_estimator(name, site, latent, context, per_element)
             d = latent.shape[-1]
             # svi.evaluate passes no mutable state, and the guide's initial one stands in (the
             # loss value does not depend on the scores, see implicitvi.entropy.surrogate).
@@ -186,17 +198,18 @@ class ImplicitELBO(ELBO):
                 score_state = est.update(stored["score"], flat, key, flat_ctx)
                 scores = est.score(score_state, flat, flat_ctx).reshape(latent.shape)
             elif context is not None and not est.conditional:
-                # A kernel estimator of q(w | c): each plate element's P particles on their own.
+                # A kernel estimator of q(w | c): each plate element's P (times m) draws on their own.
                 score_state = None
-                per_element = jax.lax.stop_gradient(latent.reshape(latent.shape[0], -1, d))
-                scores = jax.vmap(lambda w: est.score(est.init(key, w)), in_axes=1, out_axes=1)(
-                    per_element
-                ).reshape(latent.shape)
+                m = 1 if extra is None else extra.shape[-2]
+                by_element = latent.reshape(latent.shape[0], plate_size, m, d).swapaxes(0, 1)
+                sets = jax.lax.stop_gradient(by_element.reshape(plate_size, -1, d))
+                scores = jax.vmap(lambda w: est.score(est.init(key, w)))(sets)
+                scores = scores.reshape(by_element.shape).swapaxes(0, 1).reshape(latent.shape)
             else:
                 score_state = None
                 scores = est.score(est.init(key, flat, flat_ctx)).reshape(latent.shape)
-            # Sum over the site's plate elements, mean over particles, times the subsample scale.
-            plate_size = int(np.prod(latent.shape[1:-1]))
+            # Sum over the site's plate elements, mean over particles (and further draws), times
+            # the subsample scale.
             entropy = entropy + scale[0] * plate_size * surrogate(latent, scores)
             mutable_state[state_name(name)] = {
                 "step": stored["step"] + 1,
