@@ -6,7 +6,8 @@ entropy gradient of the ELBO comes from a conditional score network s(z | x) on 
 (256 → 256) trained by SSM-VR on the encoder's own samples, one step per model step, inside the
 same ``svi.update``. The decoder is Bernoulli, z → 256 → 256 → x. Baselines by flag: a Gaussian
 encoder (the ordinary ELBO), and the implicit encoder with the Stein or spectral Stein estimator
-fitted on ``--kernel-samples`` encoder samples per x.
+fitted on ``--kernel-samples`` encoder draws per x, of which the decoder sees the first (as
+the paper's code does).
 
 Data: scikit-learn's 8×8 digits by default (no download), or MNIST from ``--data`` (the classic
 ``mnist.pkl.gz`` or a directory with the four IDX files), binarized afresh for every batch.
@@ -40,47 +41,90 @@ from implicitvi.estimators import SSGE, ScoreNet, Stein
 from implicitvi.infer import ImplicitELBO, implicit_sample, run_minibatch
 
 
-def mlp(hidden, out_dim, activation):
+def mlp_layers(hidden, out_dim, activation):
     layers = []
     for width in hidden:
         layers += [stax.Dense(width), activation]
-    return stax.serial(*layers, stax.Dense(out_dim))
+    return [*layers, stax.Dense(out_dim)]
 
 
-def decoder_net(hidden, data_dim):
-    return mlp(hidden, data_dim, stax.Softplus)
+def mlp(hidden, out_dim, activation):
+    return stax.serial(*mlp_layers(hidden, out_dim, activation))
 
 
-def bernoulli_decoder(x, latent_dim, hidden):
-    """p(z) p(x | z) with a Bernoulli decoder; returns nothing (x is observed)."""
-    batch, data_dim = x.shape
-    decode = numpyro.module("decoder", decoder_net(hidden, data_dim), (batch, latent_dim))
-    with numpyro.plate("batch", batch):
-        z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
-        numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+ACTIVATIONS = {"softplus": stax.Softplus, "tanh": stax.Tanh}
 
 
-def implicit_encoder(estimator):
-    """Guide q(z | x) = law of f([x, ε]); its entropy gradient comes from ``estimator``."""
+def decoder_net(hidden, data_dim, activation="softplus"):
+    """The decoder z → hidden → data_dim logits, with ``activation`` ("softplus" or "tanh")."""
+    return mlp(hidden, data_dim, ACTIVATIONS[activation])
+
+
+def bernoulli_decoder(activation="softplus"):
+    """Model p(z) p(x | z) with a Bernoulli decoder of hidden ``activation``."""
+
+    def model(x, latent_dim, hidden):
+        batch, data_dim = x.shape
+        decode = numpyro.module("decoder", decoder_net(hidden, data_dim, activation), (batch, latent_dim))
+        with numpyro.plate("batch", batch):
+            z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    return model
+
+
+def noise_mlp(hidden, out_dim, data_dim):
+    """The MLP f([x, ε]) → out_dim (tanh) as ``(init, apply)`` with ``apply(params, x, eps)``:
+    ``x`` is (n, data_dim), ``eps`` (n, k) or (n, m, k) for m draws per row. The first layer's
+    x-part is computed once per row, not once per draw; the parameters are those of
+    ``mlp(hidden, out_dim, stax.Tanh)`` on the concatenation."""
+    layers = mlp_layers(hidden, out_dim, stax.Tanh)
+    init, _ = stax.serial(*layers)
+    _, rest = stax.serial(*layers[1:])
+
+    def apply(params, x, eps):
+        (w, b), *later = params
+        hx = x @ w[:data_dim] + b
+        return rest(later, (hx if eps.ndim == 2 else hx[:, None, :]) + eps @ w[data_dim:])
+
+    return init, apply
+
+
+def draw_noise(batch, latent_dim, draws, dtype):
+    """ε of shape (batch, k), or (batch, draws, k) when the entropy takes ``draws`` draws per x."""
+    shape = (batch, latent_dim) if draws is None else (batch, draws, latent_dim)
+    return jax.random.normal(numpyro.prng_key(), shape, dtype)
+
+
+def site_args(w, draws):
+    """``latent`` and ``entropy_draws`` of the implicit site for w of :func:`draw_noise`'s shape:
+    with further draws, the model sees the first and the entropy term all of them (Song et al.)."""
+    return (w, None) if draws is None else (w[:, 0], w)
+
+
+def implicit_encoder(estimator, draws=None):
+    """Guide q(z | x) = law of f([x, ε]); its entropy gradient comes from ``estimator``, at
+    ``draws`` encoder draws per x if given (the kernel estimators), else at the one draw."""
 
     def guide(x, latent_dim, hidden):
         batch, data_dim = x.shape
-        net = mlp(hidden, latent_dim, stax.Tanh)
+        net = noise_mlp(hidden, latent_dim, data_dim)
         encode = numpyro.module("encoder", net, (batch, data_dim + latent_dim))
-        eps = jax.random.normal(numpyro.prng_key(), (batch, latent_dim), x.dtype)
+        w, entropy_draws = site_args(encode(x, draw_noise(batch, latent_dim, draws, x.dtype)), draws)
         with numpyro.plate("batch", batch):
             implicit_sample(
                 "z",
-                encode(jnp.concatenate([x, eps], -1)),
+                w,
                 support=constraints.real_vector,
                 context=x,
                 estimator=estimator,
+                entropy_draws=entropy_draws,
             )
 
     return guide
 
 
-def whitened_implicit_encoder(estimator):
+def whitened_implicit_encoder(estimator, draws=None):
     """Guide z = μ(x) + σ(x) ⊙ w, w = ε + tanh(α) · tanh(g([x, ε])): an implicit encoder whose
     affine part is exact, so that only the entropy of w (near-normal) is score-estimated —
     H[z | x] = Σ log σ(x) + H[w | x] — as :class:`~implicitvi.infer.AutoImplicit` does for
@@ -89,12 +133,12 @@ def whitened_implicit_encoder(estimator):
     def guide(x, latent_dim, hidden):
         batch, data_dim = x.shape
         gaussian = numpyro.module("encoder", mlp(hidden, 2 * latent_dim, stax.Tanh), (batch, data_dim))
-        net = mlp(hidden, latent_dim, stax.Tanh)
+        net = noise_mlp(hidden, latent_dim, data_dim)
         residual = numpyro.module("residual", net, (batch, data_dim + latent_dim))
         gate = numpyro.param("residual_gate", jnp.zeros(()))
         loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
-        eps = jax.random.normal(numpyro.prng_key(), (batch, latent_dim), x.dtype)
-        w = eps + jnp.tanh(gate) * jnp.tanh(residual(jnp.concatenate([x, eps], -1)))
+        eps = draw_noise(batch, latent_dim, draws, x.dtype)
+        w, entropy_draws = site_args(eps + jnp.tanh(gate) * jnp.tanh(residual(x, eps)), draws)
         with numpyro.plate("batch", batch):
             implicit_sample(
                 "z",
@@ -104,6 +148,7 @@ def whitened_implicit_encoder(estimator):
                 support=constraints.real_vector,
                 context=x,
                 estimator=estimator,
+                entropy_draws=entropy_draws,
             )
 
     return guide
@@ -121,7 +166,7 @@ def gaussian_encoder(x, latent_dim, hidden):
 def make_svi(args):
     optim = optax.rmsprop(args.lr)
     if args.encoder == "gaussian":
-        return SVI(bernoulli_decoder, gaussian_encoder, optim, Trace_ELBO())
+        return SVI(bernoulli_decoder(args.decoder_activation), gaussian_encoder, optim, Trace_ELBO())
     # The whitened encoder's w is near-normal: its estimators shrink towards the normal score.
     base = "normal" if args.encoder == "whitened" else "zero"
     if args.estimator == "ssm":
@@ -134,12 +179,15 @@ def make_svi(args):
             base=base,
         )
         elbo = ImplicitELBO(num_particles=1)
+        draws = None
     else:
         cls = {"stein": Stein, "ssge": SSGE}[args.estimator]
         estimator = cls(eta=1e-3, base=base) if cls is Stein else cls(eta=1e-3, threshold=0.99, base=base)
-        elbo = ImplicitELBO(num_particles=args.kernel_samples)
+        # As Song et al.: the entropy at kernel_samples draws per x, the decoder at the first.
+        elbo = ImplicitELBO(num_particles=1)
+        draws = args.kernel_samples
     guide = whitened_implicit_encoder if args.encoder == "whitened" else implicit_encoder
-    return SVI(bernoulli_decoder, guide(estimator), optim, elbo)
+    return SVI(bernoulli_decoder(args.decoder_activation), guide(estimator, draws), optim, elbo)
 
 
 def load_data(args):
@@ -151,7 +199,18 @@ def load_data(args):
 def run_name(args):
     """File stem of the run's checkpoint, figure and results, e.g. ``vae_implicit_ssm_z8``."""
     estimator = "" if args.encoder == "gaussian" else f"_{args.estimator}"
-    return f"vae_{args.encoder}{estimator}_z{args.latent_dim}"
+    return f"vae_{args.encoder}{estimator}_z{args.latent_dim}{activation_suffix(args)}"
+
+
+def activation_suffix(args):
+    """``_tanh`` for a tanh decoder: the default (softplus) names no activation."""
+    return "" if args.decoder_activation == "softplus" else f"_{args.decoder_activation}"
+
+
+def activation_config(args):
+    """The decoder activation's checkpoint entry; absent for the default, so that checkpoints
+    written before the option existed still match."""
+    return {} if args.decoder_activation == "softplus" else {"decoder_activation": args.decoder_activation}
 
 
 def run_config(args):
@@ -167,12 +226,13 @@ def run_config(args):
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
+        **activation_config(args),
     }
 
 
-def decoder_log_likelihood(params, hidden, data_dim):
+def decoder_log_likelihood(params, hidden, data_dim, activation):
     """log p(x | z) for one latent vector and one binary image."""
-    apply = decoder_net(hidden, data_dim)[1]
+    apply = decoder_net(hidden, data_dim, activation)[1]
 
     def log_lik(z, x):
         return dist.Bernoulli(logits=apply(params["decoder$params"], z)).log_prob(x).sum()
@@ -304,10 +364,11 @@ def main(args):
     # A fixed binarization of the test set, the same for every model.
     test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
     data_dim = test_x.shape[-1]
-    log_lik = decoder_log_likelihood(params, hidden, data_dim)
+    log_lik = decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     rows = max(args.iwae_rows, 64)
     draws = encoder_draws(svi.guide, params, test_x[:rows], args.latent_dim, hidden, eval_key, args.proposal_draws)
-    decode = jax.jit(lambda z: jax.nn.sigmoid(decoder_net(hidden, data_dim)[1](params["decoder$params"], z)))
+    apply = decoder_net(hidden, data_dim, args.decoder_activation)[1]
+    decode = jax.jit(lambda z: jax.nn.sigmoid(apply(params["decoder$params"], z)))
     save_figures(
         os.path.join(args.out_dir, f"{name}.png"),
         decode(jax.random.normal(fig_key, (64, args.latent_dim))),
@@ -330,6 +391,8 @@ def add_autoencoder_arguments(p, out_dir):
     p.add_argument("--data", default=None, help="mnist.pkl.gz or a directory with MNIST IDX files (default: sklearn digits)")
     p.add_argument("--latent-dim", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    p.add_argument("--decoder-activation", choices=sorted(ACTIVATIONS), default="softplus",
+                   help="hidden activation of the decoder (the paper's code uses tanh)")
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -359,7 +422,7 @@ def parse_args(argv=None):
     p.add_argument("--encoder", choices=["implicit", "whitened", "gaussian"], default="implicit",
                    help="implicit: the paper's [x, ε] → z sampler; whitened: z = μ(x) + σ(x)(ε + residual); gaussian: the ordinary VAE")
     p.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
-    p.add_argument("--kernel-samples", type=int, default=100, help="encoder samples per x for stein/ssge")
+    p.add_argument("--kernel-samples", type=int, default=100, help="encoder draws per x for the entropy term of stein/ssge")
     p.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
     p.add_argument("--proposal-widen", type=float, default=1.5)
     args = p.parse_args(argv)

@@ -43,14 +43,18 @@ vae = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(vae)
 
 
-def decoder_with_prior(x, latent_dim, hidden, lam):
-    """p(x | z) with the prior of z weighted by λ (the KL regularizer's cross-entropy term)."""
-    batch, data_dim = x.shape
-    decode = numpyro.module("decoder", vae.decoder_net(hidden, data_dim), (batch, latent_dim))
-    with numpyro.plate("batch", batch):
-        with scale(scale=lam):
-            z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
-        numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+def decoder_with_prior(activation="softplus"):
+    """Model p(x | z) with the prior of z weighted by λ (the KL regularizer's cross-entropy term)."""
+
+    def model(x, latent_dim, hidden, lam):
+        batch, data_dim = x.shape
+        decode = numpyro.module("decoder", vae.decoder_net(hidden, data_dim, activation), (batch, latent_dim))
+        with numpyro.plate("batch", batch):
+            with scale(scale=lam):
+                z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    return model
 
 
 def deterministic_encoder(estimator):
@@ -79,16 +83,20 @@ def imq_mmd(x, y):
     return within - 2.0 * jnp.mean(gram(x, y))
 
 
-def mmd_autoencoder(x, latent_dim, hidden, lam):
+def mmd_autoencoder(activation="softplus"):
     """WAE-MMD as a NumPyro model: the encoder is a deterministic part of the model."""
-    batch, data_dim = x.shape
-    encode = numpyro.module("encoder", vae.mlp(hidden, latent_dim, stax.Tanh), (batch, data_dim))
-    decode = numpyro.module("decoder", vae.decoder_net(hidden, data_dim), (batch, latent_dim))
-    z = encode(x)
-    prior = jax.random.normal(numpyro.prng_key(), z.shape, z.dtype)
-    numpyro.factor("mmd", -lam * batch * imq_mmd(z, prior))
-    with numpyro.plate("batch", batch):
-        numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    def model(x, latent_dim, hidden, lam):
+        batch, data_dim = x.shape
+        encode = numpyro.module("encoder", vae.mlp(hidden, latent_dim, stax.Tanh), (batch, data_dim))
+        decode = numpyro.module("decoder", vae.decoder_net(hidden, data_dim, activation), (batch, latent_dim))
+        z = encode(x)
+        prior = jax.random.normal(numpyro.prng_key(), z.shape, z.dtype)
+        numpyro.factor("mmd", -lam * batch * imq_mmd(z, prior))
+        with numpyro.plate("batch", batch):
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    return model
 
 
 def no_guide(x, latent_dim, hidden, lam):
@@ -98,19 +106,20 @@ def no_guide(x, latent_dim, hidden, lam):
 def make_svi(args):
     optim = optax.rmsprop(args.lr)
     if args.regularizer == "mmd":
-        return SVI(mmd_autoencoder, no_guide, optim, Trace_ELBO())
+        return SVI(mmd_autoencoder(args.decoder_activation), no_guide, optim, Trace_ELBO())
     if args.regularizer == "ssm":
         estimator = ScoreNet(objective="ssm_vr", hidden=(256, 256), optimizer=optax.rmsprop(args.lr))
     elif args.regularizer == "stein":
         estimator = Stein(eta=1e-3)
     else:
         estimator = SSGE(eta=1e-3, threshold=0.99)
-    return SVI(decoder_with_prior, deterministic_encoder(estimator), optim, ImplicitELBO(num_particles=1))
+    model = decoder_with_prior(args.decoder_activation)
+    return SVI(model, deterministic_encoder(estimator), optim, ImplicitELBO(num_particles=1))
 
 
 def run_name(args):
     """File stem of the run's checkpoint, figure and results, e.g. ``wae_ssm_z8``."""
-    return f"wae_{args.regularizer}_z{args.latent_dim}"
+    return f"wae_{args.regularizer}_z{args.latent_dim}{vae.activation_suffix(args)}"
 
 
 def main(args):
@@ -129,16 +138,18 @@ def main(args):
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
+        **vae.activation_config(args),
     }
     result, seconds = vae.train(args, svi, data, name, config, train_key, args.latent_dim, hidden, args.lam)
     params = svi.get_params(result.state)
 
     test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
     data_dim = test_x.shape[-1]
-    log_lik = vae.decoder_log_likelihood(params, hidden, data_dim)
+    log_lik = vae.decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     codes = jax.jit(vae.mlp(hidden, args.latent_dim, stax.Tanh)[1])(params["encoder$params"], test_x)
+    apply = vae.decoder_net(hidden, data_dim, args.decoder_activation)[1]
     decode = jax.jit(
-        lambda z: jax.nn.sigmoid(vae.decoder_net(hidden, data_dim)[1](params["decoder$params"], z))
+        lambda z: jax.nn.sigmoid(apply(params["decoder$params"], z))
     )
     vae.save_figures(
         os.path.join(args.out_dir, f"{name}.png"),
