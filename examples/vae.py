@@ -4,7 +4,7 @@ The setting of Song, Garg, Shi & Ermon (UAI 2019, §5.3): the encoder q(z | x) i
 [x, ε] → 256 → 256 (tanh) → z with ε ~ N(0, I), dim ε = dim z, whose density is unknown; the
 entropy gradient of the ELBO comes from a conditional score network s(z | x) on concat(z, x)
 (256 → 256) trained by SSM-VR on the encoder's own samples, one step per model step, inside the
-same ``svi.update``. The decoder is Bernoulli, z → 256 → 256 → x. Baselines by flag: a Gaussian
+same ``svi.update``. The decoder is Bernoulli, z → 256 → 256 (tanh) → x. Baselines by flag: a Gaussian
 encoder (the ordinary ELBO), and the implicit encoder with the Stein or spectral Stein estimator
 fitted on ``--kernel-samples`` encoder draws per x, of which the decoder sees the first (as
 the paper's code does).
@@ -55,12 +55,12 @@ def mlp(hidden, out_dim, activation):
 ACTIVATIONS = {"softplus": stax.Softplus, "tanh": stax.Tanh}
 
 
-def decoder_net(hidden, data_dim, activation="softplus"):
-    """The decoder z → hidden → data_dim logits, with ``activation`` ("softplus" or "tanh")."""
+def decoder_net(hidden, data_dim, activation="tanh"):
+    """The decoder z → hidden → data_dim logits, with ``activation`` ("tanh" or "softplus")."""
     return mlp(hidden, data_dim, ACTIVATIONS[activation])
 
 
-def bernoulli_decoder(activation="softplus"):
+def bernoulli_decoder(activation="tanh"):
     """Model p(z) p(x | z) with a Bernoulli decoder of hidden ``activation``."""
 
     def model(x, latent_dim, hidden):
@@ -203,13 +203,13 @@ def run_name(args):
 
 
 def activation_suffix(args):
-    """``_tanh`` for a tanh decoder: the default (softplus) names no activation."""
-    return "" if args.decoder_activation == "softplus" else f"_{args.decoder_activation}"
+    """``_softplus`` for a softplus decoder: the default (tanh) names no activation."""
+    return "" if args.decoder_activation == "tanh" else f"_{args.decoder_activation}"
 
 
 def activation_config(args):
-    """The decoder activation's checkpoint entry; absent for the default, so that checkpoints
-    written before the option existed still match."""
+    """The decoder activation's checkpoint entry; absent for softplus, the only decoder before
+    the option existed, so that those checkpoints still match."""
     return {} if args.decoder_activation == "softplus" else {"decoder_activation": args.decoder_activation}
 
 
@@ -391,8 +391,8 @@ def add_autoencoder_arguments(p, out_dir):
     p.add_argument("--data", default=None, help="mnist.pkl.gz or a directory with MNIST IDX files (default: sklearn digits)")
     p.add_argument("--latent-dim", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    p.add_argument("--decoder-activation", choices=sorted(ACTIVATIONS), default="softplus",
-                   help="hidden activation of the decoder (the paper's code uses tanh)")
+    p.add_argument("--decoder-activation", choices=sorted(ACTIVATIONS), default="tanh",
+                   help="hidden activation of the decoder (tanh, as the paper's code)")
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)

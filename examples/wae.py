@@ -43,7 +43,7 @@ vae = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(vae)
 
 
-def decoder_with_prior(activation="softplus"):
+def decoder_with_prior(activation="tanh"):
     """Model p(x | z) with the prior of z weighted by λ (the KL regularizer's cross-entropy term)."""
 
     def model(x, latent_dim, hidden, lam):
@@ -83,7 +83,7 @@ def imq_mmd(x, y):
     return within - 2.0 * jnp.mean(gram(x, y))
 
 
-def mmd_autoencoder(activation="softplus"):
+def mmd_autoencoder(activation="tanh"):
     """WAE-MMD as a NumPyro model: the encoder is a deterministic part of the model."""
 
     def model(x, latent_dim, hidden, lam):
