@@ -73,8 +73,8 @@ def table(results):
     ]
     for config, r in results.items():
         paper = CONFIGS[config][2]
-        iwae = f"{r['iwae_nll']:.2f} ({r['iwae_rows']})" if "iwae_nll" in r else "–"
-        ais = f"{r['ais_nll']:.2f} ({r['ais_rows']})" if "ais_nll" in r else "–"
+        iwae = f"{r['iwae_nll']:.2f} ± {r['iwae_nll_se']:.2f} ({r['iwae_rows']})" if "iwae_nll" in r else "–"
+        ais = f"{r['ais_nll']:.2f} ± {r['ais_nll_se']:.2f} ({r['ais_rows']})" if "ais_nll" in r else "–"
         lines.append(f"| {config} | {r['steps']} | {iwae} | {ais} | {paper if paper else '–'} |")
     return "\n".join(lines)
 

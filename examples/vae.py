@@ -284,6 +284,12 @@ def save_figures(path, decode_mean, test_x, recon_x, losses, batch_size, title):
     plt.close(fig)
 
 
+def standard_error(values):
+    """Standard error of the mean over test images (0 for a single image)."""
+    values = np.asarray(values, np.float64)
+    return float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
+
+
 def evaluate(key, args, log_lik, test_x, loc, scale):
     """Test log-likelihood: the IWAE bound with the Gaussian proposal N(loc, S Sᵀ) per row
     (``scale``: standard deviations (n, d) or Cholesky factors S (n, d, d)), and AIS."""
@@ -295,6 +301,7 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
             iwae_key, log_lik, test_x[: args.iwae_rows], loc, scale, num_samples=args.iwae_samples
         )
         results["iwae_nll"] = float(-np.mean(iwae.log_likelihood))
+        results["iwae_nll_se"] = standard_error(iwae.log_likelihood)
         results["iwae_rows"] = int(args.iwae_rows)
         results["iwae_seconds"] = time.perf_counter() - start
     if args.ais_rows:
@@ -309,6 +316,7 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
             num_leapfrog=args.ais_leapfrog,
         )
         results["ais_nll"] = float(-np.mean(ais.log_likelihood))
+        results["ais_nll_se"] = standard_error(ais.log_likelihood)
         results["ais_rows"] = int(args.ais_rows)
         results["ais_seconds"] = time.perf_counter() - start
     return results

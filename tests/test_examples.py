@@ -47,6 +47,7 @@ def test_vae_example_trains_resumes_and_evaluates(tmp_path, capsys):
     argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--proposal-draws", "16"]
     results = example.main(example.parse_args(argv))
     assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
+    assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0
     assert (tmp_path / "vae_implicit_ssm_z8.png").stat().st_size > 0
     # A re-run resumes; one with another latent size refuses the checkpoint.
     resumed = example.main(example.parse_args(argv + ["--resume", "--steps", "30"]))
@@ -62,6 +63,7 @@ def test_vae_example_with_a_kernel_estimator_and_a_softplus_decoder(tmp_path):
                                "--kernel-samples", "4", "--decoder-activation", "softplus"]
     results = example.main(example.parse_args(argv))
     assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
+    assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0
     assert (tmp_path / "vae_implicit_stein_z8_softplus.png").stat().st_size > 0
 
 
