@@ -302,6 +302,7 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
         )
         results["iwae_nll"] = float(-np.mean(iwae.log_likelihood))
         results["iwae_nll_se"] = standard_error(iwae.log_likelihood)
+        results["iwae_nll_per_image"] = -np.asarray(iwae.log_likelihood)
         results["iwae_rows"] = int(args.iwae_rows)
         results["iwae_seconds"] = time.perf_counter() - start
     if args.ais_rows:
@@ -317,6 +318,7 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
         )
         results["ais_nll"] = float(-np.mean(ais.log_likelihood))
         results["ais_nll_se"] = standard_error(ais.log_likelihood)
+        results["ais_nll_per_image"] = -np.asarray(ais.log_likelihood)
         results["ais_rows"] = int(args.ais_rows)
         results["ais_seconds"] = time.perf_counter() - start
     return results
@@ -351,7 +353,11 @@ def train(args, svi, data, name, config, key, *model_args):
 
 
 def report(args, name, results, result, seconds):
-    """Print the evaluation and write it to OUT_DIR/NAME.json."""
+    """Print the evaluation and write it to OUT_DIR/NAME.json, and the per-image values (for
+    paired comparisons between models on the same images) to OUT_DIR/NAME_per_image.npz."""
+    per_image = {k: results.pop(k) for k in list(results) if k.endswith("_per_image")}
+    if per_image:
+        np.savez(os.path.join(args.out_dir, f"{name}_per_image.npz"), **per_image)
     results.update({"name": name, "steps": int(len(result.losses)), "train_seconds_this_run": seconds})
     for k, v in results.items():
         print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
