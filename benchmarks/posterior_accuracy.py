@@ -301,6 +301,9 @@ def make_guide_and_elbo(name: str, model, particles: int):
         return guide, Trace_ELBO(num_particles=particles)
     if name == "iaf":
         return AutoIAFNormal(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
+    if name == "implicit-ssm-1":  # the step-cost variant: one score-network step per SVI step
+        one_step = dataclasses.replace(default_estimator(), steps_per_update=1)
+        return AutoImplicit(model, estimator=one_step), ImplicitELBO(num_particles=particles)
     if name.startswith("implicit-"):
         # AutoImplicit maps "ssm" / "stein" / "ssge" to its own (normal-base) configurations;
         # ImplicitELBO(estimator=None) uses the guide site's estimator. Passing the same name to
@@ -687,11 +690,7 @@ def step_cost(cfg, log):
                    ("mvn", "AutoMultivariateNormal + Trace_ELBO"),
                    ("implicit-ssm-1", "AutoImplicit (SSM, 1 score step) + ImplicitELBO")]
         for guide_name, label in entries:
-            if guide_name == "implicit-ssm-1":
-                one_step = dataclasses.replace(default_estimator(), steps_per_update=1)
-                guide, elbo = AutoImplicit(stoch_vol, estimator=one_step), ImplicitELBO(num_particles=cfg.particles)
-            else:
-                guide, elbo = make_guide_and_elbo(guide_name, stoch_vol, cfg.particles)
+            guide, elbo = make_guide_and_elbo(guide_name, stoch_vol, cfg.particles)
             svi = SVI(stoch_vol, guide, optax.adam(cfg.lr[0]), elbo)
             state = svi.init(jax.random.PRNGKey(0), *args)
             update = jax.jit(lambda s, a=args, svi=svi: svi.update(s, *a))

@@ -240,6 +240,12 @@ def decoder_log_likelihood(params, hidden, data_dim, activation):
     return log_lik
 
 
+def decoder_mean(params, hidden, data_dim, activation):
+    """The jitted decoder mean z (n, latent_dim) → sigmoid(logits) (n, data_dim), for figures."""
+    apply = decoder_net(hidden, data_dim, activation)[1]
+    return jax.jit(lambda z: jax.nn.sigmoid(apply(params["decoder$params"], z)))
+
+
 def encoder_draws(guide, params, x, latent_dim, hidden, key, num):
     """``num`` encoder samples per row of ``x``: (num, n, latent_dim)."""
 
@@ -381,8 +387,7 @@ def main(args):
     log_lik = decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     rows = max(args.iwae_rows, 64)
     draws = encoder_draws(svi.guide, params, test_x[:rows], args.latent_dim, hidden, eval_key, args.proposal_draws)
-    apply = decoder_net(hidden, data_dim, args.decoder_activation)[1]
-    decode = jax.jit(lambda z: jax.nn.sigmoid(apply(params["decoder$params"], z)))
+    decode = decoder_mean(params, hidden, data_dim, args.decoder_activation)
     save_figures(
         os.path.join(args.out_dir, f"{name}.png"),
         decode(jax.random.normal(fig_key, (64, args.latent_dim))),

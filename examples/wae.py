@@ -147,10 +147,7 @@ def main(args):
     data_dim = test_x.shape[-1]
     log_lik = vae.decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     codes = jax.jit(vae.mlp(hidden, args.latent_dim, stax.Tanh)[1])(params["encoder$params"], test_x)
-    apply = vae.decoder_net(hidden, data_dim, args.decoder_activation)[1]
-    decode = jax.jit(
-        lambda z: jax.nn.sigmoid(apply(params["decoder$params"], z))
-    )
+    decode = vae.decoder_mean(params, hidden, data_dim, args.decoder_activation)
     vae.save_figures(
         os.path.join(args.out_dir, f"{name}.png"),
         decode(jax.random.normal(fig_key, (64, args.latent_dim))),

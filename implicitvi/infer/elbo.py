@@ -175,7 +175,8 @@ class ImplicitELBO(ELBO):
                     context = jnp.broadcast_to(
                         context[..., None, :], extra.shape[:-1] + context.shape[-1:]
                     )
-            per_element = latent.shape[0] * (1 if extra is None else extra.shape[-2])
+            m = 1 if extra is None else extra.shape[-2]  # draws per particle and plate element
+            per_element = latent.shape[0] * m
             est = self._site_estimator(name, site, latent, context, per_element)
             d = latent.shape[-1]
             # svi.evaluate passes no mutable state, and the guide's initial one stands in (the
@@ -200,7 +201,6 @@ class ImplicitELBO(ELBO):
             elif context is not None and not est.conditional:
                 # A kernel estimator of q(w | c): each plate element's P (times m) draws on their own.
                 score_state = None
-                m = 1 if extra is None else extra.shape[-2]
                 by_element = latent.reshape(latent.shape[0], plate_size, m, d).swapaxes(0, 1)
                 sets = jax.lax.stop_gradient(by_element.reshape(plate_size, -1, d))
                 scores = jax.vmap(lambda w: est.score(est.init(key, w)))(sets)
