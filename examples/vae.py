@@ -199,7 +199,19 @@ def load_data(args):
 def run_name(args):
     """File stem of the run's checkpoint, figure and results, e.g. ``vae_implicit_ssm_z8``."""
     estimator = "" if args.encoder == "gaussian" else f"_{args.estimator}"
-    return f"vae_{args.encoder}{estimator}_z{args.latent_dim}{activation_suffix(args)}"
+    return f"vae_{args.encoder}{estimator}_z{args.latent_dim}{activation_suffix(args)}{seed_suffix(args)}"
+
+
+def seed_suffix(args):
+    """``_seedN`` for ``--seed N`` other than 0, so that runs of several seeds keep their own files."""
+    return "" if args.seed == 0 else f"_seed{args.seed}"
+
+
+def test_binarization_key():
+    """The key that binarizes the test set. It does not depend on ``--seed``: every model and
+    every seed is scored on the same binary images, so that per-image results can be paired.
+    (It is the third of four keys split from ``PRNGKey(0)``, the key of all earlier results.)"""
+    return jax.random.split(jax.random.PRNGKey(0), 4)[2]
 
 
 def activation_suffix(args):
@@ -374,15 +386,14 @@ def report(args, name, results, result, seconds):
 
 def main(args):
     data = load_data(args)
-    train_key, eval_key, test_key, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
+    train_key, eval_key, _, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
     svi = make_svi(args)
     name = run_name(args)
     hidden = tuple(args.hidden)
     result, seconds = train(args, svi, data, name, run_config(args), train_key, args.latent_dim, hidden)
     params = svi.get_params(result.state)
 
-    # A fixed binarization of the test set, the same for every model.
-    test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
+    test_x = datasets.binarize(test_binarization_key(), jnp.asarray(data.test.images))
     data_dim = test_x.shape[-1]
     log_lik = decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     rows = max(args.iwae_rows, 64)

@@ -119,12 +119,12 @@ def make_svi(args):
 
 def run_name(args):
     """File stem of the run's checkpoint, figure and results, e.g. ``wae_ssm_z8``."""
-    return f"wae_{args.regularizer}_z{args.latent_dim}{vae.activation_suffix(args)}"
+    return f"wae_{args.regularizer}_z{args.latent_dim}{vae.activation_suffix(args)}{vae.seed_suffix(args)}"
 
 
 def main(args):
     data = vae.load_data(args)
-    train_key, eval_key, test_key, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
+    train_key, eval_key, _, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
     svi = make_svi(args)
     name = run_name(args)
     hidden = tuple(args.hidden)
@@ -143,7 +143,7 @@ def main(args):
     result, seconds = vae.train(args, svi, data, name, config, train_key, args.latent_dim, hidden, args.lam)
     params = svi.get_params(result.state)
 
-    test_x = datasets.binarize(test_key, jnp.asarray(data.test.images))
+    test_x = datasets.binarize(vae.test_binarization_key(), jnp.asarray(data.test.images))
     data_dim = test_x.shape[-1]
     log_lik = vae.decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     codes = jax.jit(vae.mlp(hidden, args.latent_dim, stax.Tanh)[1])(params["encoder$params"], test_x)

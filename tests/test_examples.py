@@ -60,14 +60,15 @@ def test_vae_example_trains_resumes_and_evaluates(tmp_path, capsys):
         example.main(example.parse_args(argv + ["--resume", "--latent-dim", "4", "--checkpoint", checkpoint]))
 
 
-def test_vae_example_with_a_kernel_estimator_and_a_softplus_decoder(tmp_path):
+def test_vae_example_with_a_kernel_estimator_a_softplus_decoder_and_another_seed(tmp_path):
     example = load("vae")
     argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--proposal-draws", "16", "--estimator", "stein",
-                               "--kernel-samples", "4", "--decoder-activation", "softplus"]
+                               "--kernel-samples", "4", "--decoder-activation", "softplus", "--seed", "1"]
     results = example.main(example.parse_args(argv))
     assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
     assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0
-    assert (tmp_path / "vae_implicit_stein_z8_softplus.png").stat().st_size > 0
+    # A seed other than 0 names its own files.
+    assert (tmp_path / "vae_implicit_stein_z8_softplus_seed1.png").stat().st_size > 0
 
 
 def test_wae_example_with_score_and_mmd_regularizers(tmp_path):
