@@ -12,10 +12,16 @@ and results live in ``--out-dir``; a re-run resumes or only re-evaluates.
 
 from __future__ import annotations
 
+import os
+
+# Single-threaded OpenBLAS (LAPACK on the CPU) unless the caller chose otherwise: see
+# examples/vae.py. It must be set before JAX loads its LAPACK: the examples' own setting comes too
+# late when this driver loads them.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import jax

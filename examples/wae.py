@@ -18,9 +18,13 @@ inverse multiquadratic kernel of Tolstikhin et al. and trains with ``Trace_ELBO`
 
 from __future__ import annotations
 
+import os
+
+# Single-threaded OpenBLAS (LAPACK on the CPU) unless the caller chose otherwise: see vae.py.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import importlib.util
-import os
 from pathlib import Path
 
 import jax
