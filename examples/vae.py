@@ -385,7 +385,7 @@ def report(args, name, results, result, seconds):
         np.savez(os.path.join(args.out_dir, f"{name}_per_image.npz"), **per_image)
     results.update({"name": name, "steps": int(len(result.losses)), "train_seconds_this_run": seconds})
     for k, v in results.items():
-        print(f"  {k}: {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
+        print(f"  {k}: {v:.6g}" if isinstance(v, float) else f"  {k}: {v}")
     with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results
@@ -420,7 +420,11 @@ def main(args):
     loc, scale_tril = evaluation.gaussian_proposal(
         jnp.swapaxes(draws[:, : args.iwae_rows], 0, 1), widen=args.proposal_widen
     )
-    return report(args, name, evaluate(eval_key, args, log_lik, test_x, loc, scale_tril), result, seconds)
+    results = evaluate(eval_key, args, log_lik, test_x, loc, scale_tril)
+    # How spread out q(z | x) is: the draws' standard deviation, averaged over latent dimensions
+    # and test images. An implicit encoder that learns to ignore its noise tends to 0 here.
+    results["encoder_sd"] = float(np.std(np.asarray(draws), axis=0).mean())
+    return report(args, name, results, result, seconds)
 
 
 def add_autoencoder_arguments(p, out_dir):

@@ -47,7 +47,7 @@ def test_vae_example_trains_resumes_and_evaluates(tmp_path, capsys):
     argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--proposal-draws", "16"]
     results = example.main(example.parse_args(argv))
     assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
-    assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0
+    assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0 and results["encoder_sd"] > 0
     per_image = np.load(tmp_path / "vae_implicit_ssm_z8_per_image.npz")
     assert per_image["ais_nll_per_image"].shape == (2,) and per_image["iwae_nll_per_image"].shape == (8,)
     np.testing.assert_allclose(per_image["ais_nll_per_image"].mean(), results["ais_nll"], rtol=1e-6)
