@@ -37,7 +37,6 @@ from numpyro.distributions import constraints
 from numpyro.handlers import scale
 from numpyro.infer import SVI, Trace_ELBO
 
-from implicitvi import datasets
 from implicitvi.estimators import SSGE, ScoreNet, Stein
 from implicitvi.infer import ImplicitELBO, implicit_sample
 
@@ -147,7 +146,7 @@ def main(args):
     result, seconds = vae.train(args, svi, data, name, config, train_key, args.latent_dim, hidden, args.lam)
     params = svi.get_params(result.state)
 
-    test_x = datasets.binarize(vae.test_binarization_key(), jnp.asarray(data.test.images))
+    test_x = vae.binarized_test_images(data)
     data_dim = test_x.shape[-1]
     log_lik = vae.decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
     codes = jax.jit(vae.mlp(hidden, args.latent_dim, stax.Tanh)[1])(params["encoder$params"], test_x)
