@@ -26,13 +26,12 @@ Data: :math:`\mathcal{N}(\mu, \Sigma)` in ``--dim`` dimensions, :math:`\Sigma = 
 exponentially to ``--lr`` × 1e-3 over the steps of each fit; model initialized at
 :math:`P = I, m = 0`. Float64.
 
-    python benchmarks/gaussian_score_matching.py --out results.md --figure gaussian_sm.png
+    python benchmarks/gaussian_score_matching.py --figure gaussian_sm.png   # → results/gaussian_score_matching.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -44,9 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-# Shared helpers of the benchmarks (that module also makes a source checkout importable).
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_estimation import environment, int_list, log, markdown_table  # noqa: E402
+from common import int_list, markdown_table, table, write_json  # noqa: E402
 
 from implicitvi.score_model import fit_score_model, score_matching_loss  # noqa: E402
 
@@ -115,7 +112,6 @@ def fmt(x):
 
 def main(args):
     start = time.perf_counter()
-    log(environment())
     key = jax.random.PRNGKey(args.seed)
     mu, sigma = gaussian(key, args.dim)
     true_precision = np.linalg.inv(sigma)
@@ -135,7 +131,7 @@ def main(args):
                      fmt(np.max(np.abs(p_star - precision_ref)) / np.max(np.abs(precision_ref)))])
     # (No "|" in the headers: they would split the markdown columns.)
     header = ["n", "largest error of m* (abs.)", "largest error of P* / largest entry of S⁻¹"]
-    table_closed = markdown_table(header, rows)
+    table_closed = table(header, rows)
 
     # 2. Convergence to the closed form against the number of steps, at n = args.n.
     x, m_star, p_star = closed[args.n]
@@ -145,7 +141,7 @@ def main(args):
         by_steps[label] = [errors(*fit(key, x, objective, options, t, args.lr), m_star, p_star)
                            for t in args.steps]
         trail = " ".join(f"{t}:{e[0]:.1e}" for t, e in zip(args.steps, by_steps[label]))
-        log(f"{label:10s} {trail}")
+        print(f"{label:10s} {trail}", flush=True)
     floors = {
         label: errors(m_star, np.linalg.inv(s + options["sigma"] ** 2 * np.eye(args.dim)),
                       m_star, p_star)[0]
@@ -156,7 +152,7 @@ def main(args):
             for label, _, _ in METHODS]
     header = (["method"] + [f"P err @ {t}" for t in args.steps]
               + [f"m err @ {args.steps[-1]}", "DSM bias floor"])
-    table_steps = markdown_table(header, rows)
+    table_steps = table(header, rows)
 
     # 3. Error to the truth against n, at the largest number of steps.
     steps = args.steps[-1]
@@ -168,25 +164,20 @@ def main(args):
         ]
     rows = [[label] + [f"{fmt(e[0])} / {fmt(e[1])}" for e in errs]
             for label, errs in by_size.items()]
-    table_sizes = markdown_table(["estimator"] + [f"n = {n}" for n in args.sizes], rows)
+    table_sizes = table(["estimator"] + [f"n = {n}" for n in args.sizes], rows)
 
-    report = (
-        f"d = {args.dim}, Adam lr {args.lr:g} decayed to {args.lr * 1e-3:g}, full batch, float64, "
-        f"seed {args.seed}.\n{environment()}. Total time {time.perf_counter() - start:.0f} s.\n\n"
-        "Closed-form minimizer of the exact SM objective (Newton step) against the sample mean "
-        "and inverse sample covariance:\n\n" + table_closed + "\n\n"
-        f"Relative error ‖P̂ − P*‖_F / ‖P*‖_F of fits with the given number of steps to the closed "
-        f"form (P*, m*) on n = {args.n} samples, and ‖m̂ − m*‖ after the last; DSM bias floor: "
-        "the same error of DSM's own minimizer (S + σ²I)⁻¹:\n\n" + table_steps + "\n\n"
-        f"Error to the true (Σ⁻¹, μ) after {steps} steps, as ‖P̂ − Σ⁻¹‖_F / ‖Σ⁻¹‖_F / ‖m̂ − μ‖:\n\n"
-        + table_sizes + "\n"
-    )
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report)
+    seconds = time.perf_counter() - start
+    tables = {"closed_form": table_closed, "by_steps": table_steps, "by_size": table_sizes}
+    for name, t in tables.items():
+        print(f"\n{name}\n\n{markdown_table(**t)}")
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k != "json"}
+    out = {"settings": settings, "seconds": seconds, "tables": tables}
+    print(f"wrote {write_json('gaussian_score_matching', out, args.json)}")
     if args.figure is not None:
         plot(args, by_steps, by_size, floors)
-        log(f"wrote {args.figure}")
+        print(f"wrote {args.figure}")
+    return out
 
 
 def plot(args, by_steps, by_size, floors):
@@ -227,7 +218,8 @@ def parse_args(argv=None):
                    help="steps of the fits (one fit per value)")
     p.add_argument("--lr", type=float, default=0.1, help="initial Adam learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="also write the tables here (markdown)")
+    p.add_argument("--json", default=None,
+                   help="results file (default benchmarks/results/gaussian_score_matching.json)")
     p.add_argument("--figure", type=Path, default=None, help="PNG path of the figure")
     args = p.parse_args(argv)
     if args.n not in args.sizes:

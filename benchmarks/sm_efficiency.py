@@ -75,6 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy
 from scipy.linalg import eigh_tridiagonal
+from common import markdown_table, table, write_json
 
 # The fits are refined to 1e-12 of the search interval and the SM sandwich divides by a curvature
 # of order e^(-s²/2): float32 would leave few significant digits in either.
@@ -488,19 +489,15 @@ def study(family: Family, s: float, key: jax.Array, reps: int, n: int, num_boot:
     )
 
 
-def format_table(rows: list[Row]) -> str:
-    """Markdown table of one family's rows."""
-    head = ("| s | θ* | n·Var MLE | n·Var SM | ratio SM/MLE [95% CI] | 1/I | sandwich SM "
-            "| predicted ratio | C_P | not verified (MLE, SM) |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    lines = [
-        f"| {r.s:g} | {r.theta:g} | {r.var_mle:.4g} | {r.var_sm:.4g} "
-        f"| {r.ratio:.4g} [{r.ci[0]:.4g}, {r.ci[1]:.4g}] | {r.theory_mle:.4g} "
-        f"| {r.theory_sm:.4g} | {r.theory_sm / r.theory_mle:.4g} | {r.poincare:.4g} "
-        f"| {r.failed_mle}, {r.failed_sm} |"
-        for r in rows
-    ]
-    return "\n".join([head, *lines])
+def family_table(rows: list[Row]) -> dict:
+    """One family's rows as a results table (see ``common.table``)."""
+    header = ["s", "θ*", "n·Var MLE", "n·Var SM", "ratio SM/MLE [95% CI]", "1/I", "sandwich SM",
+              "predicted ratio", "C_P", "not verified (MLE, SM)"]
+    return table(header, [
+        [f"{r.s:g}", f"{r.theta:g}", f"{r.var_mle:.4g}", f"{r.var_sm:.4g}",
+         f"{r.ratio:.4g} [{r.ci[0]:.4g}, {r.ci[1]:.4g}]", f"{r.theory_mle:.4g}",
+         f"{r.theory_sm:.4g}", f"{r.theory_sm / r.theory_mle:.4g}", f"{r.poincare:.4g}",
+         f"{r.failed_mle}, {r.failed_sm}"] for r in rows], "r" * len(header))
 
 
 def plot(rows: list[Row], path: str) -> None:
@@ -566,7 +563,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the CI")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="sm_efficiency.png", help="figure file")
+    p.add_argument("--out", default="", help="figure file (none by default)")
+    p.add_argument("--json", default=None,
+                   help="results file (default benchmarks/results/sm_efficiency.json)")
     args = p.parse_args(argv)
     defaults = {"reps": 200, "n": 500, "settings": [1.0, 2.0, 3.0]} if args.quick else {
         "reps": 2000, "n": 2000, "settings": list(SETTINGS)}
@@ -589,17 +588,23 @@ def main(args: argparse.Namespace) -> list[Row]:
           f"JAX {jax.__version__} ({jax.default_backend()}), NumPy {np.__version__}, "
           f"SciPy {scipy.__version__}, Python {platform.python_version()}, float64.",
           flush=True)
-    rows = []
+    rows, tables = [], {}
     for i, name in enumerate(args.families):
         family = FAMILIES[name]
         fam_rows = []
         for j, s in enumerate(args.settings):
             key = jax.random.fold_in(jax.random.fold_in(root, i), j)
             fam_rows.append(study(family, s, key, args.reps, args.n, args.boot))
-        print(f"\n{name}\n\n{format_table(fam_rows)}", flush=True)
+        tables[name] = family_table(fam_rows)
+        print(f"\n{name}\n\n{markdown_table(**tables[name])}", flush=True)
         rows += fam_rows
-    plot(rows, args.out)
-    print(f"\nFigure: {args.out}. Total time: {time.perf_counter() - start:.0f} s.")
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    out = {"settings": settings, "seconds": time.perf_counter() - start,
+           "rows": [r._asdict() for r in rows], "tables": tables}
+    print(f"wrote {write_json('sm_efficiency', out, args.json)}")
+    if args.out:
+        plot(rows, args.out)
+        print(f"Figure: {args.out}.")
     return rows
 
 

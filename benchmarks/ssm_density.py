@@ -36,16 +36,15 @@ script repeats that comparison on data whose density is known.
 
 Usage::
 
-    python benchmarks/ssm_density.py                      # d = 10, 50, 100, 300
+    python benchmarks/ssm_density.py                      # d = 10, 50, 100, 300 → results/ssm_density.json
     python benchmarks/ssm_density.py --quick              # smoke run
-    python benchmarks/ssm_density.py --out results.md --figure ssm_density.png
+    python benchmarks/ssm_density.py --figure ssm_density.png
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -53,20 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import int_list, interleaved_times, markdown_table, str_list, table, write_json
 
-# Shared helpers of the benchmarks (that module also makes a source checkout importable).
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from score_estimation import (  # noqa: E402
-    environment,
-    int_list,
-    interleaved_times,
-    log,
-    markdown_table,
-    str_list,
-)
-
-from implicitvi.nets import MLP  # noqa: E402
-from implicitvi.score_model import fit_score_model, model_score, score_matching_loss  # noqa: E402
+from implicitvi.nets import MLP
+from implicitvi.score_model import fit_score_model, model_score, score_matching_loss
 
 METHODS = ("exact", "ssm", "ssm_vr", "dsm", "fd_ssm")
 LABELS = {"exact": "exact SM", "ssm": "SSM", "ssm_vr": "SSM-VR", "dsm": "DSM", "fd_ssm": "FD-SSM"}
@@ -207,10 +196,10 @@ def bench_dim(dim, steps, key, args):
         seconds = time.perf_counter() - t0
         rows[method] = evaluate(params, test)
         rows[method].update(step_ms=1e3 * step_s[method], train_s=seconds)
-        log(f"d={dim:4d} {LABELS[method]:8s} {1e3 * step_s[method]:9.2f} ms/step, "
+        print(f"d={dim:4d} {LABELS[method]:8s} {1e3 * step_s[method]:9.2f} ms/step, "
             f"fit {seconds:6.1f} s, "
             f"test SM {rows[method]['sm']:.3f}, Fisher {rows[method]['fisher']:.3f}, "
-            f"NLL {rows[method]['nll']:.3f}")
+            f"NLL {rows[method]['nll']:.3f}", flush=True)
     return rows
 
 
@@ -231,7 +220,7 @@ def build_table(results, args):
                 f"{r['train_s']:.1f}" if timed else "",
                 f"{r['sm']:.2f}", f"{r['fisher']:.3f}", f"{r['nll']:.2f}",
             ])
-    return markdown_table(header, rows)
+    return table(header, rows)
 
 
 def plot(results, args):
@@ -285,7 +274,8 @@ def parse_args(argv=None):
     p.add_argument("--chunk", type=int, default=100, help="rows per exact-SM evaluation call")
     p.add_argument("--time-reps", type=int, default=21, help="timed rounds per method (median)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
+    p.add_argument("--json", default=None,
+                   help="results file (default benchmarks/results/ssm_density.json)")
     p.add_argument("--figure", type=Path, default=None, help="PNG path of the figure")
     args = p.parse_args(argv)
     if args.quick:
@@ -302,25 +292,21 @@ def parse_args(argv=None):
 
 def main(args):
     start = time.perf_counter()
-    log(environment())
     root = jax.random.PRNGKey(args.seed)
     results = {d: (steps, bench_dim(d, steps, jax.random.fold_in(root, d), args))
                for d, steps in zip(args.dims, args.steps)}
-    report = (
-        f"Flow: linear layer, {args.layers} NICE couplings (MLP hidden {tuple(args.hidden)}), "
-        f"diagonal scale; batch {args.batch}, Adam lr {args.lr:g} decayed to {args.lr / 100:g}, "
-        f"DSM sigma {args.sigma:g}, FD-SSM eps {args.eps:g}, "
-        f"{args.train} training / {args.test} test points, float32, seed {args.seed}.\n"
-        f"{environment()}. Total time {time.perf_counter() - start:.0f} s.\n\n"
-        + build_table(results, args) + "\n"
-    )
-    print(report)
-    if args.out is not None:
-        args.out.write_text(report)
+    tables = {"by_dim": build_table(results, args)}
+    print(markdown_table(**tables["by_dim"]))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k != "json"}
+    out = {"settings": settings, "seconds": time.perf_counter() - start,
+           "results": {str(d): {"steps": steps, "cells": cells} for d, (steps, cells) in results.items()},
+           "tables": tables}
+    print(f"wrote {write_json('ssm_density', out, args.json)}")
     if args.figure is not None:
         plot(results, args)
-        log(f"wrote {args.figure}")
-
+        print(f"wrote {args.figure}")
+    return out
 
 if __name__ == "__main__":
     main(parse_args())

@@ -1,19 +1,14 @@
 """The score-matching efficiency benchmark: its estimators and its theory, against independent
 computations (hand-derived scores and NumPy brute force) and closed forms."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "sm_efficiency.py"
-spec = importlib.util.spec_from_file_location("sm_efficiency", PATH)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+import sm_efficiency as bench
+from common import read_json
 
 # One sample shape for every fit, so each (family, method) is compiled once.
 REPS, N = 3, 300
@@ -160,9 +155,11 @@ def test_main_runs(tmp_path, capsys):
     out = tmp_path / "fig.png"
     # The logistic fits and theory at s = 1 are compiled by the tests above.
     argv = ["--reps", str(REPS), "--n", str(N), "--settings", "1", "--families", "logistic",
-            "--boot", "50", "--out", str(out)]
+            "--boot", "50", "--out", str(out), "--json", str(tmp_path / "r.json")]
     rows = bench.main(bench.parse_args(argv))
     assert [r.family for r in rows] == ["logistic"]
     assert rows[0].theory_sm / rows[0].theory_mle == pytest.approx(10 / 7, rel=1e-8)
     assert "| 1 | 0 |" in capsys.readouterr().out
     assert out.stat().st_size > 0
+    table = read_json(tmp_path / "r.json")["results"]["tables"]["logistic"]
+    assert table["rows"][0][:2] == ["1", "0"]
