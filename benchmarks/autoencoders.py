@@ -1,0 +1,250 @@
+r"""The auto-encoders of Song, Garg, Shi & Ermon (UAI 2019, §5.3) as NumPyro programs, for
+:mod:`mnist_vae_wae`.
+
+VAE: a Bernoulli decoder z → hidden → x (tanh, the paper's code, or softplus) under a
+standard-normal prior, with one of three guides:
+
+* ``implicit``: the encoder f([x, ε]) → z, ε ~ N(0, I) with dim ε = dim z, whose density is
+  unknown; the entropy gradient comes from a score estimator on a site with context x;
+* ``whitened``: z = μ(x) + σ(x) ⊙ w with w = ε + tanh(α) · tanh(g([x, ε])), so that
+  H[z | x] = Σ log σ(x) + H[w | x] and only the near-normal w is score-estimated;
+* ``gaussian``: q(z | x) = N(μ(x), diag σ(x)²), the ordinary ELBO.
+
+The estimators are an SSM-VR conditional score network on concat(z, x), one step per model step,
+or Stein / SSGE fitted on ``kernel_samples`` encoder draws per x, of which the decoder sees the
+first (as the paper's code does).
+
+WAE (Tolstikhin et al., ICLR 2018) with the KL regularizer:
+
+.. math:: \mathcal{L} = \mathbb{E}_x[-\log p(x \mid f(x))] + \lambda\,\mathrm{KL}(q(z) \,\|\, p(z)),
+
+q(z) the aggregate posterior of a deterministic encoder f. Its guide site has no context, so the
+batch's codes are pooled as draws of q(z), and the prior and the site sit under ``scale(λ)``:
+``ImplicitELBO`` then optimizes exactly −𝓛. The ``mmd`` baseline replaces the KL by λ·MMD with
+Tolstikhin et al.'s inverse multiquadratic kernels, trained with ``Trace_ELBO``.
+
+VAE programs take ``(x, latent_dim, hidden)``, WAE programs ``(x, latent_dim, hidden, lam)``;
+``x`` is a binary batch (batch, data_dim).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+import optax
+from jax.example_libraries import stax
+from numpyro.distributions import constraints
+from numpyro.handlers import scale
+from numpyro.infer import SVI, Trace_ELBO
+
+from implicitvi.estimators import SSGE, ScoreNet, Stein
+from implicitvi.infer import ImplicitELBO, implicit_sample
+
+ACTIVATIONS = {"softplus": stax.Softplus, "tanh": stax.Tanh}
+
+
+def mlp_layers(hidden, out_dim, activation):
+    layers = []
+    for width in hidden:
+        layers += [stax.Dense(width), activation]
+    return [*layers, stax.Dense(out_dim)]
+
+
+def mlp(hidden, out_dim, activation=stax.Tanh):
+    """stax ``(init, apply)`` of Dense(h₁) → activation → … → Dense(out_dim)."""
+    return stax.serial(*mlp_layers(hidden, out_dim, activation))
+
+
+def decoder_net(hidden, data_dim, activation="tanh"):
+    """The decoder z → hidden → data_dim logits, with ``activation`` ("tanh" or "softplus")."""
+    return mlp(hidden, data_dim, ACTIVATIONS[activation])
+
+
+def noise_mlp(hidden, out_dim, data_dim):
+    """The tanh MLP f([x, ε]) → out_dim as ``(init, apply)`` with ``apply(params, x, eps)``:
+    ``x`` is (n, data_dim), ``eps`` (n, k) or (n, m, k) for m draws per row. The first layer's
+    x-part is computed once per row, not once per draw; the parameters are those of
+    ``mlp(hidden, out_dim)`` on the concatenation."""
+    layers = mlp_layers(hidden, out_dim, stax.Tanh)
+    init, _ = stax.serial(*layers)
+    _, rest = stax.serial(*layers[1:])
+
+    def apply(params, x, eps):
+        (w, b), *later = params
+        hx = x @ w[:data_dim] + b
+        return rest(later, (hx if eps.ndim == 2 else hx[:, None, :]) + eps @ w[data_dim:])
+
+    return init, apply
+
+
+def bernoulli_decoder(activation="tanh"):
+    """Model p(z) p(x | z): z ~ N(0, I), x ~ Bernoulli(logits = decoder(z))."""
+
+    def model(x, latent_dim, hidden):
+        batch, data_dim = x.shape
+        decode = numpyro.module("decoder", decoder_net(hidden, data_dim, activation), (batch, latent_dim))
+        with numpyro.plate("batch", batch):
+            z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    return model
+
+
+def draw_noise(batch, latent_dim, draws, dtype):
+    """ε of shape (batch, k), or (batch, draws, k) when the entropy takes ``draws`` draws per x."""
+    shape = (batch, latent_dim) if draws is None else (batch, draws, latent_dim)
+    return jax.random.normal(numpyro.prng_key(), shape, dtype)
+
+
+def site_args(w, draws):
+    """``latent`` and ``entropy_draws`` of the implicit site for w of :func:`draw_noise`'s shape:
+    with further draws, the model sees the first and the entropy term all of them."""
+    return (w, None) if draws is None else (w[:, 0], w)
+
+
+def implicit_encoder(estimator, draws=None):
+    """Guide q(z | x) = law of f([x, ε]); its entropy gradient comes from ``estimator`` at
+    ``draws`` encoder draws per x if given, else at the one draw."""
+
+    def guide(x, latent_dim, hidden):
+        batch, data_dim = x.shape
+        net = noise_mlp(hidden, latent_dim, data_dim)
+        encode = numpyro.module("encoder", net, (batch, data_dim + latent_dim))
+        w, entropy_draws = site_args(encode(x, draw_noise(batch, latent_dim, draws, x.dtype)), draws)
+        with numpyro.plate("batch", batch):
+            implicit_sample(
+                "z", w, support=constraints.real_vector, context=x, estimator=estimator,
+                entropy_draws=entropy_draws,
+            )
+
+    return guide
+
+
+def whitened_implicit_encoder(estimator, draws=None):
+    """Guide z = μ(x) + σ(x) ⊙ w, w = ε + tanh(α) · tanh(g([x, ε])): only the entropy of w is
+    score-estimated, H[z | x] = Σ log σ(x) + H[w | x]. With α = 0 at the start it is the
+    Gaussian encoder."""
+
+    def guide(x, latent_dim, hidden):
+        batch, data_dim = x.shape
+        gaussian = numpyro.module("encoder", mlp(hidden, 2 * latent_dim), (batch, data_dim))
+        net = noise_mlp(hidden, latent_dim, data_dim)
+        residual = numpyro.module("residual", net, (batch, data_dim + latent_dim))
+        gate = numpyro.param("residual_gate", jnp.zeros(()))
+        loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
+        eps = draw_noise(batch, latent_dim, draws, x.dtype)
+        w, entropy_draws = site_args(eps + jnp.tanh(gate) * jnp.tanh(residual(x, eps)), draws)
+        with numpyro.plate("batch", batch):
+            implicit_sample(
+                "z", loc + jnp.exp(log_scale) * w, latent=w, log_abs_det_jacobian=log_scale.sum(-1),
+                support=constraints.real_vector, context=x, estimator=estimator,
+                entropy_draws=entropy_draws,
+            )
+
+    return guide
+
+
+def gaussian_encoder(x, latent_dim, hidden):
+    """Guide q(z | x) = N(μ(x), diag σ(x)²), the ordinary VAE."""
+    batch, data_dim = x.shape
+    encode = numpyro.module("encoder", mlp(hidden, 2 * latent_dim), (batch, data_dim))
+    loc, log_scale = jnp.split(encode(x), 2, axis=-1)
+    with numpyro.plate("batch", batch):
+        numpyro.sample("z", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
+
+
+def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100):
+    """SVI (RMSProp ``lr``) of the VAE with ``encoder`` in {implicit, whitened, gaussian} and,
+    for the first two, ``estimator`` in {ssm, stein, ssge}."""
+    model = bernoulli_decoder(activation)
+    if encoder == "gaussian":
+        return SVI(model, gaussian_encoder, optax.rmsprop(lr), Trace_ELBO())
+    # The whitened encoder's w is near-normal: its estimators shrink towards the normal score.
+    base = "normal" if encoder == "whitened" else "zero"
+    draws = None if estimator == "ssm" else kernel_samples
+    if estimator == "ssm":
+        est = ScoreNet(objective="ssm_vr", num_projections=1, hidden=(256, 256), conditional=True,
+                       optimizer=optax.rmsprop(lr), base=base)
+    elif estimator == "stein":
+        est = Stein(eta=1e-3, base=base)
+    else:
+        est = SSGE(eta=1e-3, threshold=0.99, base=base)
+    guide = whitened_implicit_encoder if encoder == "whitened" else implicit_encoder
+    return SVI(model, guide(est, draws), optax.rmsprop(lr), ImplicitELBO(num_particles=1))
+
+
+def decoder_with_prior(activation="tanh"):
+    """WAE model p(x | z) with the prior of z weighted by λ (the KL's cross-entropy term)."""
+
+    def model(x, latent_dim, hidden, lam):
+        batch, data_dim = x.shape
+        decode = numpyro.module("decoder", decoder_net(hidden, data_dim, activation), (batch, latent_dim))
+        with numpyro.plate("batch", batch):
+            with scale(scale=lam):
+                z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    return model
+
+
+def deterministic_encoder(estimator):
+    """WAE guide: z = f(x), an implicit site whose pooled batch is a sample of q(z)."""
+
+    def guide(x, latent_dim, hidden, lam):
+        batch, data_dim = x.shape
+        encode = numpyro.module("encoder", mlp(hidden, latent_dim), (batch, data_dim))
+        with numpyro.plate("batch", batch), scale(scale=lam):
+            implicit_sample("z", encode(x), support=constraints.real_vector, estimator=estimator)
+
+    return guide
+
+
+def imq_mmd(x, y):
+    r"""Unbiased MMD² between samples ``x`` and ``y`` (both (n, d)) with Tolstikhin et al.'s kernel
+    sum :math:`\sum_s C_s / (C_s + \|a - b\|^2)`, :math:`C_s = s \cdot 2 d`, s ∈ {0.1, …, 10}."""
+    n, d = x.shape
+
+    def gram(a, b):
+        sq = jnp.sum((a[:, None] - b[None]) ** 2, -1)
+        return sum(c / (c + sq) for c in 2.0 * d * jnp.array([0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0]))
+
+    off = 1.0 - jnp.eye(n)
+    within = (jnp.sum(gram(x, x) * off) + jnp.sum(gram(y, y) * off)) / (n * (n - 1))
+    return within - 2.0 * jnp.mean(gram(x, y))
+
+
+def mmd_autoencoder(activation="tanh"):
+    """WAE-MMD as a NumPyro model: the encoder is a deterministic part of the model, the
+    regularizer a factor −λ · batch · MMD²(codes, prior draws)."""
+
+    def model(x, latent_dim, hidden, lam):
+        batch, data_dim = x.shape
+        encode = numpyro.module("encoder", mlp(hidden, latent_dim), (batch, data_dim))
+        decode = numpyro.module("decoder", decoder_net(hidden, data_dim, activation), (batch, latent_dim))
+        z = encode(x)
+        prior = jax.random.normal(numpyro.prng_key(), z.shape, z.dtype)
+        numpyro.factor("mmd", -lam * batch * imq_mmd(z, prior))
+        with numpyro.plate("batch", batch):
+            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+    return model
+
+
+def no_guide(x, latent_dim, hidden, lam):
+    """WAE-MMD has no latent sample site; its encoder lives in the model."""
+
+
+def wae_svi(regularizer, lr, activation="tanh"):
+    """SVI (RMSProp ``lr``) of the WAE with ``regularizer`` in {ssm, stein, ssge, mmd}."""
+    if regularizer == "mmd":
+        return SVI(mmd_autoencoder(activation), no_guide, optax.rmsprop(lr), Trace_ELBO())
+    if regularizer == "ssm":
+        estimator = ScoreNet(objective="ssm_vr", hidden=(256, 256), optimizer=optax.rmsprop(lr))
+    elif regularizer == "stein":
+        estimator = Stein(eta=1e-3)
+    else:
+        estimator = SSGE(eta=1e-3, threshold=0.99)
+    return SVI(decoder_with_prior(activation), deterministic_encoder(estimator), optax.rmsprop(lr),
+               ImplicitELBO(num_particles=1))
