@@ -122,13 +122,18 @@ def main(args):
         num_steps=args.langevin_steps,
     )
     test = sample(k_test, args.num_samples)
-    print(f"MMD² to held-out data: Langevin samples {float(mmd2(samples, test)):.4f}, "
-          f"uniform start {float(mmd2(init, test)):.4f}, "
-          f"second data draw {float(mmd2(sample(k_ref, args.num_samples), test)):.4f}")
+    mmd = {
+        "langevin": float(mmd2(samples, test)),
+        "uniform": float(mmd2(init, test)),
+        "data": float(mmd2(sample(k_ref, args.num_samples), test)),
+    }
+    print(f"MMD² to held-out data: Langevin samples {mmd['langevin']:.4f}, "
+          f"uniform start {mmd['uniform']:.4f}, second data draw {mmd['data']:.4f}")
     if args.out:
         grid_energy = jax.jit(lambda x: energy(params, x))
         plot(np.asarray(data), np.asarray(samples), grid_energy, losses, args)
         print(f"wrote {args.out}")
+    return {"losses": np.asarray(losses), "mmd2": mmd}
 
 
 def plot(data, samples, energy_fn, losses, args):

@@ -96,6 +96,7 @@ def main(args):
     if args.out:
         plot(draws, args.out)
         print(f"wrote {args.out}")
+    return {name: {"mean_z": mean_z, "log_sd": log_sd, "ksd": k} for name, mean_z, log_sd, k, _ in rows}
 
 
 def plot(draws, path):

@@ -52,8 +52,9 @@ def relative_error(estimate, truth):
     return float(jnp.sum((estimate - truth) ** 2) / jnp.sum(truth**2))
 
 
-def fit_kernel(est, x):
-    fn = jax.jit(lambda x: est.score(est.init(None, x)))
+def fit_kernel(key, est, x):
+    """Fit ``est`` on the samples ``x`` and score them there."""
+    fn = jax.jit(lambda x: est.score(est.init(key, x), x))
     fn(x).block_until_ready()
     start = time.perf_counter()
     scores = fn(x).block_until_ready()
@@ -69,7 +70,7 @@ def fit_network(key, sampler, n, steps):
     start = time.perf_counter()
     for step in range(steps):
         k = jax.random.fold_in(key, step)
-        state = update(state, draw(k), k)
+        state = update(k, state, draw(k))
     jax.block_until_ready(state)
     return est, state, time.perf_counter() - start
 
@@ -81,7 +82,7 @@ def main(args):
         x, truth = sampler(jax.random.fold_in(key, t), args.num_samples)
         estimates = {}
         for label, est in (("Stein", Stein()), ("SSGE", SSGE())):
-            estimates[label], seconds = fit_kernel(est, x)
+            estimates[label], seconds = fit_kernel(key, est, x)
             rows.append((name, label, relative_error(estimates[label], truth), seconds))
         net, state, seconds = fit_network(jax.random.fold_in(key, 100 + t), sampler, args.num_samples, args.net_steps)
         estimates["SSM-VR net"] = net.score(state, x)
@@ -94,6 +95,7 @@ def main(args):
     if args.out:
         plot(fields, args.out)
         print(f"wrote {args.out}")
+    return {(name, label): err for name, label, err, _ in rows}
 
 
 def plot(fields, path):

@@ -10,22 +10,18 @@ gradient needs ∇ log q(z), estimated on each batch's codes by an unconditional
 the Stein estimator or SSGE. As a NumPyro program: the guide's site ``z`` is an implicit site in
 the batch plate without a context — so its particles across the batch are pooled as draws of
 q(z) — and both the prior of z and that site sit under ``scale(λ)``; ``ImplicitELBO`` then
-optimizes exactly −𝓛. The baseline ``--regularizer mmd`` replaces the KL by λ·MMD with the
-inverse multiquadratic kernel of Tolstikhin et al. and trains with ``Trace_ELBO``.
+optimizes exactly −𝓛. ``--regularizer mmd`` replaces the KL by λ·MMD with the inverse
+multiquadratic kernels of Tolstikhin et al. and trains with ``Trace_ELBO``.
 
-    python examples/wae.py --data mnist.pkl.gz --latent-dim 8 --steps 100000 --ais-rows 1000
+Data: scikit-learn's 8×8 digits (no download), or MNIST with ``--data mnist.pkl.gz``. The paper's
+full protocol (AIS, checkpoints, paired comparisons) is ``benchmarks/mnist_vae_wae.py``.
+
+    python examples/wae.py --steps 2000 --regularizer stein
 """
 
 from __future__ import annotations
 
-import os
-
-# Single-threaded OpenBLAS (LAPACK on the CPU) unless the caller chose otherwise: see vae.py.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,44 +33,52 @@ from numpyro.distributions import constraints
 from numpyro.handlers import scale
 from numpyro.infer import SVI, Trace_ELBO
 
+from implicitvi import datasets, evaluation
 from implicitvi.estimators import SSGE, ScoreNet, Stein
-from implicitvi.infer import ImplicitELBO, implicit_sample
-
-# The decoder, data loading, figures and test log-likelihood are the VAE example's.
-_spec = importlib.util.spec_from_file_location("vae_example", Path(__file__).with_name("vae.py"))
-vae = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vae)
+from implicitvi.infer import ImplicitELBO, implicit_sample, run_minibatch
 
 
-def decoder_with_prior(activation="tanh"):
-    """Model p(x | z) with the prior of z weighted by λ (the KL regularizer's cross-entropy term)."""
-
-    def model(x, latent_dim, hidden, lam):
-        batch, data_dim = x.shape
-        decode = numpyro.module("decoder", vae.decoder_net(hidden, data_dim, activation), (batch, latent_dim))
-        with numpyro.plate("batch", batch):
-            with scale(scale=lam):
-                z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
-            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
-
-    return model
+def model(x, latent_dim, hidden, lam):
+    """p(x | z) with the prior of z weighted by λ: the KL regularizer's cross-entropy term."""
+    batch, data_dim = x.shape
+    decode = numpyro.module("decoder", mlp(hidden, data_dim), (batch, latent_dim))
+    with numpyro.plate("batch", batch):
+        with scale(scale=lam):
+            z = numpyro.sample("z", dist.Normal(0, 1).expand([latent_dim]).to_event(1))
+        numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
 
 
-def deterministic_encoder(estimator):
-    """Guide: z = f(x), an implicit site whose pooled batch is a sample of the aggregate q(z)."""
+def encoder_guide(estimator):
+    """z = f(x): an implicit site whose batch, pooled, is a sample of the aggregate q(z)."""
 
     def guide(x, latent_dim, hidden, lam):
         batch, data_dim = x.shape
-        encode = numpyro.module("encoder", vae.mlp(hidden, latent_dim, stax.Tanh), (batch, data_dim))
+        encode = numpyro.module("encoder", mlp(hidden, latent_dim), (batch, data_dim))
         with numpyro.plate("batch", batch), scale(scale=lam):
             implicit_sample("z", encode(x), support=constraints.real_vector, estimator=estimator)
 
     return guide
 
 
+def mmd_model(x, latent_dim, hidden, lam):
+    """WAE-MMD: the encoder is a deterministic part of the model, the regularizer a factor."""
+    batch, data_dim = x.shape
+    encode = numpyro.module("encoder", mlp(hidden, latent_dim), (batch, data_dim))
+    decode = numpyro.module("decoder", mlp(hidden, data_dim), (batch, latent_dim))
+    z = encode(x)
+    prior = jax.random.normal(numpyro.prng_key(), z.shape, z.dtype)
+    numpyro.factor("mmd", -lam * batch * imq_mmd(z, prior))
+    with numpyro.plate("batch", batch):
+        numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
+
+
+def no_guide(x, latent_dim, hidden, lam):
+    """WAE-MMD has no latent sample site."""
+
+
 def imq_mmd(x, y):
-    r"""Unbiased MMD² between samples ``x`` and ``y`` (both (n, d)) with Tolstikhin et al.'s kernel
-    sum :math:`\sum_s C_s / (C_s + \|a - b\|^2)`, :math:`C_s = s \cdot 2 d`, s ∈ {0.1, …, 10}."""
+    r"""Unbiased MMD² between samples ``x`` and ``y`` (both (n, d)) with the kernel sum
+    :math:`\sum_s C_s / (C_s + \|a - b\|^2)`, :math:`C_s = s \cdot 2 d`, s ∈ {0.1, …, 10}."""
     n, d = x.shape
 
     def gram(a, b):
@@ -86,95 +90,75 @@ def imq_mmd(x, y):
     return within - 2.0 * jnp.mean(gram(x, y))
 
 
-def mmd_autoencoder(activation="tanh"):
-    """WAE-MMD as a NumPyro model: the encoder is a deterministic part of the model."""
-
-    def model(x, latent_dim, hidden, lam):
-        batch, data_dim = x.shape
-        encode = numpyro.module("encoder", vae.mlp(hidden, latent_dim, stax.Tanh), (batch, data_dim))
-        decode = numpyro.module("decoder", vae.decoder_net(hidden, data_dim, activation), (batch, latent_dim))
-        z = encode(x)
-        prior = jax.random.normal(numpyro.prng_key(), z.shape, z.dtype)
-        numpyro.factor("mmd", -lam * batch * imq_mmd(z, prior))
-        with numpyro.plate("batch", batch):
-            numpyro.sample("x", dist.Bernoulli(logits=decode(z)).to_event(1), obs=x)
-
-    return model
-
-
-def no_guide(x, latent_dim, hidden, lam):
-    """WAE-MMD has no latent sample site; its encoder lives in the model."""
+def mlp(hidden, out_dim):
+    layers = [layer for width in hidden for layer in (stax.Dense(width), stax.Tanh)]
+    return stax.serial(*layers, stax.Dense(out_dim))
 
 
 def make_svi(args):
     optim = optax.rmsprop(args.lr)
     if args.regularizer == "mmd":
-        return SVI(mmd_autoencoder(args.decoder_activation), no_guide, optim, Trace_ELBO())
-    if args.regularizer == "ssm":
-        estimator = ScoreNet(objective="ssm_vr", hidden=(256, 256), optimizer=optax.rmsprop(args.lr))
-    elif args.regularizer == "stein":
-        estimator = Stein(eta=1e-3)
-    else:
-        estimator = SSGE(eta=1e-3, threshold=0.99)
-    model = decoder_with_prior(args.decoder_activation)
-    return SVI(model, deterministic_encoder(estimator), optim, ImplicitELBO(num_particles=1))
-
-
-def run_name(args):
-    """File stem of the run's checkpoint, figure and results, e.g. ``wae_ssm_z8``."""
-    return f"wae_{args.regularizer}_z{args.latent_dim}{vae.activation_suffix(args)}{vae.seed_suffix(args)}"
+        return SVI(mmd_model, no_guide, optim, Trace_ELBO())
+    estimator = {
+        "ssm": lambda: ScoreNet(objective="ssm_vr", hidden=(256, 256), optimizer=optax.rmsprop(args.lr)),
+        "stein": lambda: Stein(eta=1e-3),
+        "ssge": lambda: SSGE(eta=1e-3, threshold=0.99),
+    }[args.regularizer]()
+    return SVI(model, encoder_guide(estimator), optim, ImplicitELBO(num_particles=1))
 
 
 def main(args):
-    data = vae.load_data(args)
-    train_key, eval_key, _, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
-    svi = make_svi(args)
-    name = run_name(args)
+    data = datasets.load_digits() if args.data is None else datasets.load_mnist(args.data)
+    train_key, eval_key, test_key = jax.random.split(jax.random.PRNGKey(args.seed), 3)
     hidden = tuple(args.hidden)
-    config = {
-        "model": "wae",
-        "data": "digits" if args.data is None else os.path.basename(os.path.normpath(args.data)),
-        "latent_dim": args.latent_dim,
-        "regularizer": args.regularizer,
-        "lam": args.lam,
-        "hidden": list(args.hidden),
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        **vae.activation_config(args),
-    }
-    result, seconds = vae.train(args, svi, data, name, config, train_key, args.latent_dim, hidden, args.lam)
-    params = svi.get_params(result.state)
-
-    test_x = vae.binarized_test_images(data)
-    data_dim = test_x.shape[-1]
-    log_lik = vae.decoder_log_likelihood(params, hidden, data_dim, args.decoder_activation)
-    codes = jax.jit(vae.mlp(hidden, args.latent_dim, stax.Tanh)[1])(params["encoder$params"], test_x)
-    decode = vae.decoder_mean(params, hidden, data_dim, args.decoder_activation)
-    vae.save_figures(
-        os.path.join(args.out_dir, f"{name}.png"),
-        decode(jax.random.normal(fig_key, (64, args.latent_dim))),
-        test_x,
-        decode(codes[:64]),
-        result.losses,
-        args.batch_size,
-        f"{name}: {len(result.losses)} steps",
+    svi = make_svi(args)
+    result = run_minibatch(
+        svi, train_key, jnp.asarray(data.train.images), args.steps, args.latent_dim, hidden, args.lam,
+        batch_size=args.batch_size, transform=datasets.binarize, chunk_size=args.chunk,
+        progress_bar=args.progress_bar,
     )
-    # The encoder is deterministic; the IWAE proposal is a Gaussian around each code whose
-    # scale is --proposal-scale times the spread of the codes over the test set.
-    loc = codes[: args.iwae_rows]
-    scale = jnp.broadcast_to(args.proposal_scale * codes.std(0), loc.shape)
-    return vae.report(args, name, vae.evaluate(eval_key, args, log_lik, test_x, loc, scale), result, seconds)
+    # Per image: the reconstruction term plus λ times the prior's cross-entropy (the entropy of
+    # q(z) has a gradient but no value), or plus λ·MMD.
+    losses = result.losses / args.batch_size
+    window = max(1, len(losses) // 10)
+    first, last = float(losses[:window].mean()), float(losses[-window:].mean())
+    print(f"training loss per image: first {window} steps {first:.2f}, last {window} steps {last:.2f}")
+
+    params = svi.get_params(result.state)
+    test_x = datasets.binarize(test_key, jnp.asarray(data.test.images[: args.eval_rows]))
+    codes = mlp(hidden, args.latent_dim)[1](params["encoder$params"], test_x)
+    decode = mlp(hidden, test_x.shape[-1])[1]
+
+    def log_lik(z, x):
+        return dist.Bernoulli(logits=decode(params["decoder$params"], z)).log_prob(x).sum()
+
+    # The encoder is deterministic: the bound's proposal is a Gaussian around each code whose
+    # scale is a tenth of the codes' spread.
+    scale_ = jnp.broadcast_to(0.1 * codes.std(0), codes.shape)
+    iwae = evaluation.iwae_log_likelihood(eval_key, log_lik, test_x, codes, scale_, num_samples=args.iwae_samples)
+    nll = float(-jnp.mean(iwae.log_likelihood))
+    print(f"test NLL, IWAE bound with {args.iwae_samples} samples on {len(test_x)} images: {nll:.2f} nats")
+    return {"losses": losses, "iwae_nll": nll}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    vae.add_autoencoder_arguments(p, "wae_out")
+    p.add_argument("--data", default=None, help="mnist.pkl.gz or a directory with the MNIST IDX files (default: sklearn digits)")
     p.add_argument("--regularizer", choices=["ssm", "stein", "ssge", "mmd"], default="ssm")
     p.add_argument("--lam", type=float, default=10.0, help="weight λ of the latent regularizer")
-    p.add_argument("--proposal-scale", type=float, default=0.1, help="IWAE proposal scale, relative to the codes' spread")
+    p.add_argument("--latent-dim", type=int, default=8)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--chunk", type=int, default=500, help="steps per jitted chunk")
+    p.add_argument("--eval-rows", type=int, default=1000, help="test images for the IWAE bound")
+    p.add_argument("--iwae-samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     args = p.parse_args(argv)
-    vae.check_latent_dim(p, args)
+    if args.latent_dim < 1:
+        p.error(f"--latent-dim must be >= 1, got {args.latent_dim}")
     if args.lam <= 0:
         p.error(f"--lam must be > 0, got {args.lam}")
     return args

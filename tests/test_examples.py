@@ -1,4 +1,4 @@
-"""Each example runs end to end with tiny arguments."""
+"""Each example runs end to end with tiny arguments and gets what it computes roughly right."""
 
 import importlib.util
 from pathlib import Path
@@ -16,68 +16,71 @@ def load(name):
     return module
 
 
-def test_score_estimation_example(tmp_path, capsys):
+def fell(losses):
+    """Whether the mean of the last fifth of ``losses`` is below that of the first fifth."""
+    window = max(1, len(losses) // 5)
+    return np.mean(losses[-window:]) < np.mean(losses[:window])
+
+
+def test_score_estimation_example(tmp_path):
     example = load("score_estimation")
     out = tmp_path / "fields.png"
-    example.main(example.parse_args(["--num-samples", "40", "--net-steps", "3", "--out", str(out)]))
-    printed = capsys.readouterr().out
-    for label in ("Stein", "SSGE", "SSM-VR net", "banana"):
-        assert label in printed
+    errors = example.main(example.parse_args(["--num-samples", "40", "--net-steps", "3", "--out", str(out)]))
+    # The estimate −0 has relative error 1; the kernel estimators beat it on every target.
+    for target in ("gaussian", "mixture", "banana"):
+        for label in ("Stein", "SSGE"):
+            assert 0 < errors[target, label] < 1
+    assert np.isfinite(errors["banana", "SSM-VR net"])
     assert out.stat().st_size > 0
 
 
-def test_implicit_vi_example(tmp_path, capsys):
+def test_implicit_vi_example(tmp_path):
     example = load("implicit_vi")
     out = tmp_path / "funnel.png"
-    argv = ["--steps", "20", "--particles", "4", "--nuts-warmup", "50", "--nuts-samples", "100"]
-    example.main(example.parse_args(argv + ["--out", str(out)]))
-    printed = capsys.readouterr().out
-    for label in ("NUTS", "AutoNormal", "AutoMultivariateNormal", "AutoImplicit"):
-        assert label in printed
+    argv = ["--steps", "300", "--particles", "4", "--nuts-warmup", "100", "--nuts-samples", "200",
+            "--guides", "AutoNormal", "AutoImplicit", "--out", str(out)]
+    rows = example.main(example.parse_args(argv))
+    assert rows["NUTS"]["mean_z"] == 0
+    # After 300 steps every guide's means are within a posterior sd of NUTS's.
+    for name in ("AutoNormal", "AutoImplicit"):
+        assert rows[name]["mean_z"] < 1 and np.isfinite(rows[name]["ksd"])
     assert out.stat().st_size > 0
 
 
-TINY_AUTOENCODER = ["--steps", "20", "--chunk", "10", "--checkpoint-every", "10", "--iwae-rows", "8",
-                    "--iwae-samples", "16", "--ais-rows", "2", "--ais-temperatures", "5", "--ais-chains", "2",
-                    "--no-progress-bar"]
-
-
-def test_vae_example_trains_resumes_and_evaluates(tmp_path, capsys):
-    example = load("vae")
-    argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--proposal-draws", "16"]
+def test_energy_model_example(tmp_path):
+    example = load("energy_model")
+    argv = ["--steps", "300", "--num-data", "512", "--batch-size", "128", "--hidden", "32", "32",
+            "--num-samples", "256", "--langevin-steps", "300", "--step-size", "1e-2", "--out", ""]
     results = example.main(example.parse_args(argv))
-    assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
-    assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0 and results["encoder_sd"] > 0
-    per_image = np.load(tmp_path / "vae_implicit_ssm_z8_per_image.npz")
-    assert per_image["ais_nll_per_image"].shape == (2,) and per_image["iwae_nll_per_image"].shape == (8,)
-    np.testing.assert_allclose(per_image["ais_nll_per_image"].mean(), results["ais_nll"], rtol=1e-6)
-    assert (tmp_path / "vae_implicit_ssm_z8.png").stat().st_size > 0
-    # A re-run resumes; one with another latent size refuses the checkpoint.
-    resumed = example.main(example.parse_args(argv + ["--resume", "--steps", "30"]))
-    assert resumed["steps"] == 30
-    with pytest.raises(ValueError, match="another configuration .*latent_dim: 8 in the checkpoint, 4 now"):
-        checkpoint = str(tmp_path / "vae_implicit_ssm_z8.npz")
-        example.main(example.parse_args(argv + ["--resume", "--latent-dim", "4", "--checkpoint", checkpoint]))
+    assert fell(results["losses"])
+    # Langevin moves the uniform starting points towards the data.
+    assert results["mmd2"]["langevin"] < results["mmd2"]["uniform"]
 
 
-def test_vae_example_with_a_kernel_estimator_a_softplus_decoder_and_another_seed(tmp_path):
+TINY_AUTOENCODER = ["--steps", "150", "--chunk", "50", "--batch-size", "32", "--hidden", "32",
+                    "--latent-dim", "2", "--eval-rows", "16", "--iwae-samples", "16", "--no-progress-bar"]
+
+# A Bernoulli decoder that ignores z scores each 8 × 8 binary image at 64 log 2 ≈ 44 nats at best
+# when it knows nothing (logits 0); a trained one does better.
+UNTRAINED_NLL = 64 * np.log(2)
+
+
+@pytest.mark.parametrize("flags", [[], ["--estimator", "stein", "--kernel-samples", "4"], ["--encoder", "gaussian"]])
+def test_vae_example_trains(tmp_path, flags):
     example = load("vae")
-    argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--proposal-draws", "16", "--estimator", "stein",
-                               "--kernel-samples", "4", "--decoder-activation", "softplus", "--seed", "1"]
-    results = example.main(example.parse_args(argv))
-    assert results["steps"] == 20 and np.isfinite(results["ais_nll"]) and np.isfinite(results["iwae_nll"])
-    assert results["ais_nll_se"] >= 0 and results["iwae_nll_se"] > 0
-    # A seed other than 0 names its own files.
-    assert (tmp_path / "vae_implicit_stein_z8_softplus_seed1.png").stat().st_size > 0
+    out = tmp_path / "vae.png"
+    results = example.main(example.parse_args(TINY_AUTOENCODER + flags + ["--proposal-draws", "8", "--out", str(out)]))
+    assert fell(results["losses"])
+    assert 0 < results["iwae_nll"] < UNTRAINED_NLL
+    assert out.stat().st_size > 0
 
 
-def test_wae_example_with_score_and_mmd_regularizers(tmp_path):
+@pytest.mark.parametrize("regularizer", ["ssm", "mmd"])
+def test_wae_example_trains(regularizer):
     example = load("wae")
-    for regularizer in ("ssm", "mmd"):
-        argv = TINY_AUTOENCODER + ["--out-dir", str(tmp_path), "--regularizer", regularizer]
-        results = example.main(example.parse_args(argv))
-        assert results["steps"] == 20 and np.isfinite(results["ais_nll"])
-        assert (tmp_path / f"wae_{regularizer}_z8.png").stat().st_size > 0
+    results = example.main(example.parse_args(TINY_AUTOENCODER + ["--regularizer", regularizer]))
+    assert fell(results["losses"])
+    assert 0 < results["iwae_nll"] < UNTRAINED_NLL
 
 
 def test_autoencoder_examples_refuse_a_latent_dimension_below_one(capsys):

@@ -1,0 +1,75 @@
+"""The MNIST driver's cheap parts: run names, checkpoint configurations, resuming, pairing."""
+
+import numpy as np
+import pytest
+from mnist_vae_wae import main, parse_args, run_config, run_name
+
+
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["vae"], "vae_implicit_ssm_z8"),
+        (["vae", "--encoder", "gaussian", "--estimator", "stein"], "vae_gaussian_z8"),
+        (["vae", "--estimator", "ssge", "--latent-dim", "32", "--seed", "1"], "vae_implicit_ssge_z32_seed1"),
+        (["vae", "--encoder", "whitened", "--decoder-activation", "softplus"], "vae_whitened_ssm_z8_softplus"),
+        (["wae", "--regularizer", "mmd", "--seed", "2"], "wae_mmd_z8_seed2"),
+        (["wae", "--decoder-activation", "softplus"], "wae_ssm_z8_softplus"),
+    ],
+)
+def test_runs_are_named_after_their_configuration(argv, name):
+    assert run_name(parse_args(argv)) == name
+
+
+def test_checkpoint_configurations_are_those_existing_checkpoints_hold():
+    vae = run_config(parse_args(["vae", "--data", "data/mnist.pkl.gz/", "--encoder", "gaussian"]))
+    assert vae == {
+        "model": "vae", "data": "mnist.pkl.gz", "latent_dim": 8, "encoder": "gaussian", "estimator": None,
+        "kernel_samples": 100, "hidden": [256, 256], "batch_size": 128, "lr": 1e-3, "seed": 0,
+        "decoder_activation": "tanh",
+    }
+    # The first runs, softplus only, wrote no activation entry.
+    wae = run_config(parse_args(["wae", "--decoder-activation", "softplus", "--lam", "5"]))
+    assert wae == {
+        "model": "wae", "data": "digits", "latent_dim": 8, "regularizer": "ssm", "lam": 5.0,
+        "hidden": [256, 256], "batch_size": 128, "lr": 1e-3, "seed": 0,
+    }
+
+
+def test_a_run_resumes_and_refuses_another_configurations_checkpoint(tmp_path):
+    tiny = ["--hidden", "8", "--latent-dim", "2", "--batch-size", "16", "--chunk", "2", "--checkpoint-every", "2",
+            "--iwae-rows", "2", "--iwae-samples", "2", "--proposal-draws", "2", "--out-dir", str(tmp_path),
+            "--no-progress-bar"]
+    first = main(parse_args(["vae", "--encoder", "gaussian", "--steps", "4", *tiny]))
+    assert first["steps"] == 4 and np.isfinite(first["iwae_nll"])
+    per_image = np.load(tmp_path / "vae_gaussian_z2_per_image.npz")
+    assert per_image["iwae_nll_per_image"].shape == (2,)
+    assert main(parse_args(["vae", "--encoder", "gaussian", "--steps", "6", "--resume", *tiny]))["steps"] == 6
+    checkpoint = str(tmp_path / "vae_gaussian_z2.npz")
+    with pytest.raises(ValueError, match="another configuration .*lr: 0.001 in the checkpoint, 0.01 now"):
+        main(parse_args(["vae", "--encoder", "gaussian", "--steps", "8", "--resume", "--lr", "1e-2",
+                         "--checkpoint", checkpoint, *tiny]))
+
+
+def test_compare_pairs_runs_image_by_image_on_the_images_both_scored(tmp_path, capsys):
+    first = np.array([90.0, 120.0, 60.0, 100.0])
+    # The second run is worse by 1 or 3 nats per image: mean 2, sample sd 2/√3, so se 1/√3.
+    second = first + np.array([1.0, 3.0, 1.0, 3.0])
+    # The third scored two more images; only the first four are paired.
+    third = np.concatenate([first - 0.5, [500.0, 500.0]])
+    paths = []
+    for name, nll in (("a", first), ("b", second), ("c", third)):
+        path = tmp_path / f"{name}_per_image.npz"
+        np.savez(path, ais_nll_per_image=nll)
+        paths.append(str(path))
+    main(parse_args(["compare", *paths]))
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "| run | images | AIS NLL | minus a, paired |"
+    assert rows[2] == "| a | 4 | 92.50 | +0.00 ± 0.00 |"
+    assert rows[3] == f"| b | 4 | 94.50 | +2.00 ± {1 / np.sqrt(3):.2f} |"
+    assert rows[4] == "| c | 4 | 92.00 | -0.50 ± 0.00 |"
+
+
+def test_the_paper_configurations_need_data(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["paper"])
+    assert "--data" in capsys.readouterr().err
