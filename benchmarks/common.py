@@ -11,8 +11,9 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,7 +43,7 @@ def machine() -> dict[str, Any]:
         except ImportError:
             pass
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python"] + sys.argv),
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -39,13 +39,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+import optax
+from common import int_list, markdown_table, table, write_json
 
-from common import int_list, markdown_table, table, write_json  # noqa: E402
-
-from implicitvi.score_model import fit_score_model, score_matching_loss  # noqa: E402
+from implicitvi.score_model import fit_score_model, score_matching_loss
 
 # (label, objective, options); DSM at two noise levels shows its bias-variance trade-off.
 METHODS = (
@@ -85,7 +84,7 @@ def newton_minimizer(x):
         upper = jnp.zeros((d, d)).at[rows, cols].set(theta[: rows.size])
         return {"W": upper + upper.T - jnp.diag(jnp.diag(upper)), "b": theta[rows.size :]}
 
-    objective = lambda theta: score_matching_loss(quadratic_energy, unpack(theta), x)  # noqa: E731
+    objective = lambda theta: score_matching_loss(quadratic_energy, unpack(theta), x)
     zero = jnp.zeros(rows.size + d)
     theta = -jnp.linalg.solve(jax.hessian(objective)(zero), jax.grad(objective)(zero))
     return mean_and_precision(unpack(theta))
@@ -116,7 +115,7 @@ def main(args):
     mu, sigma = gaussian(key, args.dim)
     true_precision = np.linalg.inv(sigma)
     chol = np.linalg.cholesky(sigma)
-    draw = lambda n, i: mu + np.asarray(  # noqa: E731
+    draw = lambda n, i: mu + np.asarray(
         jax.random.normal(jax.random.fold_in(key, i), (n, args.dim))) @ chol.T
 
     # 1. Closed form against the sample mean and inverse sample covariance.

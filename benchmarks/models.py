@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
 from numpyro.infer.initialization import init_to_median

@@ -42,22 +42,22 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import gc  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import gc
+import time
+from pathlib import Path
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import numpyro  # noqa: E402
-import optax  # noqa: E402
-from common import markdown_table, table, write_json  # noqa: E402
-from models import GUIDES, LABELS, MODELS, ModelSpec, make_guide_and_elbo  # noqa: E402
-from numpyro.infer import MCMC, NUTS, SVI  # noqa: E402
-from numpyro.infer.initialization import init_to_median  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import optax
+from common import markdown_table, table, write_json
+from models import GUIDES, LABELS, MODELS, ModelSpec, make_guide_and_elbo
+from numpyro.infer import MCMC, NUTS, SVI
+from numpyro.infer.initialization import init_to_median
 
-from implicitvi.diagnostics import kernel_stein_discrepancy, unconstrained_score  # noqa: E402
+from implicitvi.diagnostics import kernel_stein_discrepancy, unconstrained_score
 
 CACHE_VERSION = 1
 
@@ -132,7 +132,7 @@ def fit_guide(m, guide_name, cfg, lr, seed) -> dict:
             jax.random.PRNGKey(10_000 + seed), result.params, *args, sample_shape=(cfg.draws,))
         latent = {k: v for k, v in draws.items() if k in m["sites"]}
         u = np.asarray(jax.block_until_ready(m["to_u"](latent)))
-    except Exception as exc:  # a failed run is a result, not a crash of the benchmark
+    except Exception as exc:  # noqa: BLE001 (a failed run is a result, not a crash)
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         line = next((ln for ln in lines if "ImplicitELBO:" in ln or "Error:" in ln),
                     lines[0] if lines else "")

@@ -42,7 +42,15 @@ import time
 import jax
 import numpy as np
 import optax
-from common import fmt_ms, int_list, interleaved_times, median_time, str_list, table, write_json
+from common import (
+    fmt_ms,
+    int_list,
+    interleaved_times,
+    median_time,
+    str_list,
+    table,
+    write_json,
+)
 from models import KERNEL_NAMES, TARGETS, Target, kernel_estimator, update_and_score
 
 from implicitvi.estimators import ScoreNet
@@ -142,7 +150,7 @@ def tables(results: list[dict], args) -> dict:
                      key=lambda c: (args.targets.index(c[0]), c[1], c[2]))
     kernels = [k for k in KERNEL_NAMES if k in args.kernels]
     nets = [o for o in NETWORK_OBJECTIVES if o in args.objectives]
-    get = lambda c, e, key, fmt: "" if (*c, e) not in cells else fmt(cells[(*c, e)][key])  # noqa: E731
+    get = lambda c, e, key, fmt: "" if (*c, e) not in cells else fmt(cells[(*c, e)][key])
     out = {}
 
     header = ["target", "d", "M"] + [LABELS[e] for e in kernels + nets]
@@ -152,7 +160,7 @@ def tables(results: list[dict], args) -> dict:
         row = [c[0], c[1], c[2]] + [get(c, e, "error", fmt_err) for e in kernels + nets]
         if ratio:
             best = min(cells[(*c, k)]["error"] for k in kernels if (*c, k) in cells)
-            row.append(get(c, "ssm_vr", "error", lambda v: f"{v / best:.3f}"))
+            row.append(get(c, "ssm_vr", "error", lambda v, best=best: f"{v / best:.3f}"))
         rows.append(row)
     out["error"] = table(header + (["SSM-VR / best kernel"] if ratio else []), rows)
 

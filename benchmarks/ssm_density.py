@@ -52,7 +52,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from common import int_list, interleaved_times, markdown_table, str_list, table, write_json
+from common import (
+    int_list,
+    interleaved_times,
+    markdown_table,
+    str_list,
+    table,
+    write_json,
+)
 
 from implicitvi.nets import MLP
 from implicitvi.score_model import fit_score_model, model_score, score_matching_loss
@@ -69,7 +76,7 @@ def gaussian_data(key, dim, num_train, num_test):
     mu = jax.random.normal(k_mu, (dim,))
     scale = rot * jnp.sqrt(eig)  # Σ^{1/2} = R diag(√λ)
     precision = (rot / eig) @ rot.T
-    draw = lambda k, n: mu + jax.random.normal(k, (n, dim)) @ scale.T  # noqa: E731
+    draw = lambda k, n: mu + jax.random.normal(k, (n, dim)) @ scale.T
     log_det_sigma = float(jnp.sum(jnp.log(eig)))
     return draw(k_train, num_train), draw(k_test, num_test), mu, precision, log_det_sigma
 
@@ -188,7 +195,7 @@ def bench_dim(dim, steps, key, args):
     schedule = optax.exponential_decay(args.lr, steps, 0.01)
     for method in args.methods:
         t0 = time.perf_counter()
-        params, losses = fit_score_model(
+        params, _ = fit_score_model(
             k_fit, energy, params0, train, objective=method, optimizer=optax.adam(schedule),
             num_steps=steps, batch_size=args.batch, **options(method, args),
         )

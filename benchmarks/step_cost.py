@@ -26,15 +26,15 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from common import markdown_table, table, write_json  # noqa: E402
-from models import make_guide_and_elbo, stoch_vol, stoch_vol_data  # noqa: E402
-from numpyro.infer import SVI  # noqa: E402
+import jax
+import numpy as np
+import optax
+from common import markdown_table, table, write_json
+from models import make_guide_and_elbo, stoch_vol, stoch_vol_data
+from numpyro.infer import SVI
 
 CONFIGS = (("implicit-ssm", "AutoImplicit (SSM) + ImplicitELBO"),
            ("mvn", "AutoMultivariateNormal + Trace_ELBO"),

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sm_efficiency as bench
+import sm_estimators as estimators
+import sm_theory as theory
 from common import read_json
 
 # One sample shape for every fit, so each (family, method) is compiled once.
@@ -87,9 +89,9 @@ def brute_force(loss, x, s, lo, hi, num=8001):
 def test_fit_matches_brute_force(name, method):
     s, (lo, hi), nll, sm = CASES[name]
     x = draw(name, s)
-    est = bench.fit(bench.FAMILIES[name], method, x, s)
+    est = estimators.fit(estimators.FAMILIES[name], method, x, s)
     assert est.theta.shape == (REPS,)
-    assert bool(jnp.all(bench.verified(est)))
+    assert bool(jnp.all(estimators.verified(est)))
     for i in range(REPS):
         ref, step = brute_force(nll if method == "mle" else sm, x[i], s, lo, hi)
         assert abs(float(est.theta[i]) - ref) <= 2 * step
@@ -99,7 +101,7 @@ def test_mle_solves_score_equation():
     # ∂θ log p = −θ + x tanh(θx), so the mixture-mean MLE solves mean(x tanh(θx)) = θ.
     s = 1.5
     x = draw("mixture-mean", s, seed=1)
-    theta = np.asarray(bench.fit(bench.FAMILIES["mixture-mean"], "mle", x, s).theta)
+    theta = np.asarray(estimators.fit(estimators.FAMILIES["mixture-mean"], "mle", x, s).theta)
     residual = np.mean(x * np.tanh(theta[:, None] * x), axis=1) - theta
     np.testing.assert_allclose(residual, 0.0, atol=1e-10)
 
@@ -108,7 +110,7 @@ def gaussian_log_density(x, theta, sigma):
     return -0.5 * ((x - theta) / sigma) ** 2 - jnp.log(sigma) - 0.5 * math.log(2 * math.pi)
 
 
-GAUSSIAN = bench.Family(
+GAUSSIAN = estimators.Family(
     "gaussian", gaussian_log_density, lambda s: 0.0,
     lambda key, s, shape: s * jax.random.normal(key, shape),
     lambda x, s: (jnp.min(x), jnp.max(x)), lambda s: (-12.0 * s, 12.0 * s),
@@ -119,14 +121,14 @@ GAUSSIAN = bench.Family(
 def test_gaussian_location_estimators_are_the_sample_mean(method):
     # ψ = −(x − θ)/σ², ψ' = −1/σ²: J(θ) = mean (x − θ)²/(2σ⁴) − 1/σ², minimised at x̄.
     x = 2.0 * np.random.default_rng(2).standard_normal((REPS, N)) + 0.3
-    est = bench.fit(GAUSSIAN, method, x, 2.0)
+    est = estimators.fit(GAUSSIAN, method, x, 2.0)
     np.testing.assert_allclose(est.theta, x.mean(axis=1), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 2.0])
 def test_gaussian_location_theory(sigma):
-    assert bench.fisher_information(GAUSSIAN, sigma) == pytest.approx(1 / sigma**2, rel=1e-8)
-    assert bench.asymptotic_variance(GAUSSIAN, "sm", sigma) == pytest.approx(sigma**2, rel=1e-8)
+    assert theory.fisher_information(GAUSSIAN, sigma) == pytest.approx(1 / sigma**2, rel=1e-8)
+    assert theory.asymptotic_variance(GAUSSIAN, "sm", sigma) == pytest.approx(sigma**2, rel=1e-8)
 
 
 def test_logistic_theory_closed_form():
@@ -134,21 +136,21 @@ def test_logistic_theory_closed_form():
     # E[t²(1−t²)²] / (E[(1−3t²)(1−t²)]/2)² · b² = (8/105) / (2/15)² · b² = 30b²/7.
     s = 1.0
     b2 = 3 * (1 + s**2) / math.pi**2
-    family = bench.FAMILIES["logistic"]
-    assert bench.asymptotic_variance(family, "mle", s) == pytest.approx(3 * b2, rel=1e-8)
-    assert bench.asymptotic_variance(family, "sm", s) == pytest.approx(30 * b2 / 7, rel=1e-8)
+    family = estimators.FAMILIES["logistic"]
+    assert theory.asymptotic_variance(family, "mle", s) == pytest.approx(3 * b2, rel=1e-8)
+    assert theory.asymptotic_variance(family, "sm", s) == pytest.approx(30 * b2 / 7, rel=1e-8)
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0])
 def test_poincare_constant_of_gaussian(sigma):
     # Var f ≤ σ² E f'² for N(0, σ²), with equality at f(x) = x.
     x = np.linspace(-12 * sigma, 12 * sigma, 20001)
-    assert bench.poincare_constant(x, -0.5 * (x / sigma) ** 2) == pytest.approx(sigma**2, rel=1e-5)
+    assert theory.poincare_constant(x, -0.5 * (x / sigma) ** 2) == pytest.approx(sigma**2, rel=1e-5)
 
 
 def test_fit_rejects_unknown_method():
     with pytest.raises(ValueError, match="method"):
-        bench.fit(bench.FAMILIES["logistic"], "mom", np.zeros((REPS, N)), 1.0)
+        estimators.fit(estimators.FAMILIES["logistic"], "mom", np.zeros((REPS, N)), 1.0)
 
 
 def test_main_runs(tmp_path, capsys):

@@ -1,0 +1,66 @@
+"""Each benchmark script at its smallest configuration writes a results file with its tables."""
+
+import gaussian_score_matching
+import kernel_cost
+import posterior_accuracy
+import score_estimation
+import ssm_density
+import step_cost
+from common import read_json
+
+
+def tables(path):
+    data = read_json(path)
+    assert {"date", "command", "cpu"} <= set(data["machine"])
+    return data["results"]["tables"]
+
+
+def test_score_estimation(tmp_path):
+    out = tmp_path / "r.json"
+    score_estimation.main(score_estimation.parse_args(
+        ["--targets", "gaussian", "--dims", "3", "--particles", "100", "--kernels", "stein",
+         "--objectives", "ssm,fd_ssm", "--hidden", "8", "--steps", "4", "--reps", "1",
+         "--time-reps", "1", "--eval-samples", "50", "--json", str(out)]))
+    t = tables(out)
+    assert set(t) == {"error", "wall_time", "stream", "fd_vs_ssm"}
+    assert t["error"]["rows"][0][:3] == ["gaussian", "3", "100"]
+
+
+def test_kernel_cost(tmp_path):
+    out = tmp_path / "r.json"
+    kernel_cost.main(kernel_cost.parse_args(["--quick", "--json", str(out)]))
+    t = tables(out)
+    assert [r[1] for r in t["against_m"]["rows"]] == ["100", "200"]
+    assert t["energy"]["rows"][0][0] == "5"
+
+
+def test_gaussian_score_matching(tmp_path):
+    out = tmp_path / "r.json"
+    gaussian_score_matching.main(gaussian_score_matching.parse_args(
+        ["--dim", "2", "--sizes", "50", "--n", "50", "--steps", "2", "--json", str(out)]))
+    assert len(tables(out)["by_steps"]["rows"]) == len(gaussian_score_matching.METHODS)
+
+
+def test_ssm_density(tmp_path):
+    out = tmp_path / "r.json"
+    ssm_density.main(ssm_density.parse_args(
+        ["--dims", "2", "--steps", "3", "--methods", "ssm_vr,dsm", "--train", "64", "--test", "20",
+         "--hidden", "4", "--layers", "1", "--time-reps", "1", "--json", str(out)]))
+    assert [r[2] for r in tables(out)["by_dim"]["rows"]] == [
+        "true density", "untrained N(0, I)", "SSM-VR", "DSM"]
+
+
+def test_posterior_accuracy(tmp_path):
+    out = tmp_path / "r.json"
+    posterior_accuracy.main(
+        ["--quick", "--guides", "normal", "--steps", "5", "--warmup", "20", "--samples", "20",
+         "--draws", "20", "--cache-dir", str(tmp_path), "--json", str(out)])
+    rows = tables(out)["eight_schools_lr0.01"]["rows"]
+    assert [r[0] for r in rows] == ["NUTS floor (chain 2 vs chain 1)", "AutoNormal"]
+
+
+def test_step_cost(tmp_path):
+    out = tmp_path / "r.json"
+    step_cost.main(["--big-dim", "10", "--steps", "2", "--warmup", "1", "--particles", "2",
+                    "--json", str(out)])
+    assert [r[1] for r in tables(out)["step_cost"]["rows"]] == ["103"] * 3 + ["13"] * 3
