@@ -6,8 +6,9 @@ log-likelihood by the IWAE bound on the first ``--iwae-rows`` test images and by
 schedule of 1000 temperatures, 16 chains, HMC with 10 leapfrog steps) on the first
 ``--ais-rows``, all of one fixed binarization. Each run is named after its configuration
 (``vae_implicit_ssm_z8``, ``wae_mmd_z8_softplus_seed1``); ``--out-dir`` holds its checkpoint
-``NAME.npz`` (a checkpoint of another configuration is refused), its results ``NAME.json`` and
-its per-image values ``NAME_per_image.npz``.
+``NAME.npz`` (a checkpoint of another configuration is refused), its results ``NAME.json``, its
+per-image values ``NAME_per_image.npz`` and a figure ``NAME.png`` of samples, reconstructions and
+the loss curve.
 
     python benchmarks/mnist_vae_wae.py vae --data mnist.pkl.gz --latent-dim 8 --estimator stein
     python benchmarks/mnist_vae_wae.py wae --data mnist.pkl.gz --latent-dim 8 --regularizer ssm
@@ -189,7 +190,7 @@ def train(args, svi, data, name, key, *model_args):
 def run(args):
     """Train and evaluate the configuration ``args``; write and return its results."""
     data = datasets.load_digits() if args.data is None else datasets.load_mnist(args.data)
-    train_key, eval_key, _, _ = jax.random.split(jax.random.PRNGKey(args.seed), 4)
+    train_key, eval_key, _, fig_key = jax.random.split(jax.random.PRNGKey(args.seed), 4)
     hidden = tuple(args.hidden)
     name = run_name(args)
     if args.command == "vae":
@@ -214,6 +215,7 @@ def run(args):
         # The spread of q(z | x) over the first 64 test images: an implicit encoder that learns
         # to ignore its noise tends to 0 here.
         results["encoder_sd"] = float(np.std(np.asarray(draws[:, :64]), axis=0).mean())
+        codes = draws[0]
     else:
         codes = jax.jit(mlp(hidden, args.latent_dim)[1])(params["encoder$params"], test_x)
         # A deterministic encoder: the proposal is a Gaussian around each code, its scale a
@@ -221,7 +223,46 @@ def run(args):
         loc = codes[: args.iwae_rows]
         scale = jnp.broadcast_to(args.proposal_scale * codes.std(0), loc.shape)
         results = evaluate(eval_key, args, log_lik, test_x, loc, scale)
+    decode = jax.jit(lambda z: jax.nn.sigmoid(decoder_net(hidden, test_x.shape[-1], args.decoder_activation)[1](
+        params["decoder$params"], z)))
+    save_figure(os.path.join(args.out_dir, f"{name}.png"), decode(jax.random.normal(fig_key, (64, args.latent_dim))),
+                test_x, decode(codes[:64]), result.losses / args.batch_size, f"{name}: {len(result.losses)} steps")
     return report(args, name, results, len(result.losses), seconds)
+
+
+def save_figure(path, samples, test_x, reconstructions, losses, title):
+    """Decoder means of prior draws, test images beside their reconstructions, and the loss
+    curve (smoothed over a 200th of the run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    side = int(round(np.sqrt(test_x.shape[-1])))
+
+    def grid(images, cols):
+        rows = len(images) // cols
+        tiles = np.asarray(images[: rows * cols]).reshape(rows, cols, side, side)
+        return tiles.transpose(0, 2, 1, 3).reshape(rows * side, cols * side)
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))
+    axes[0].imshow(grid(samples, 8), cmap="gray")
+    axes[0].set_title("samples (decoder means, z ~ p(z))")
+    pairs = np.stack([np.asarray(test_x[:32]), np.asarray(reconstructions[:32])], 1).reshape(64, -1)
+    axes[1].imshow(grid(pairs, 8), cmap="gray")
+    axes[1].set_title("test images | reconstructions")
+    for ax in axes[:2]:
+        ax.axis("off")
+    window = max(1, len(losses) // 200)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    axes[2].plot(np.arange(len(smooth)) + window, smooth)
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("loss per image (nats)")
+    axes[2].set_title("training loss")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def report(args, name, results, steps, seconds):
