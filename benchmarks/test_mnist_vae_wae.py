@@ -37,7 +37,7 @@ def test_checkpoint_configurations_are_those_existing_checkpoints_hold():
 
 def test_a_run_resumes_and_refuses_another_configurations_checkpoint(tmp_path):
     tiny = ["--hidden", "8", "--latent-dim", "2", "--batch-size", "16", "--chunk", "2", "--checkpoint-every", "2",
-            "--iwae-rows", "2", "--iwae-samples", "2", "--proposal-draws", "2", "--out-dir", str(tmp_path),
+            "--iwae-rows", "2", "--iwae-samples", "2", "--proposal-draws", "3", "--out-dir", str(tmp_path),
             "--no-progress-bar"]
     first = main(parse_args(["vae", "--encoder", "gaussian", "--steps", "4", *tiny]))
     assert first["steps"] == 4 and np.isfinite(first["iwae_nll"])
