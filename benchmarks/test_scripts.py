@@ -1,8 +1,12 @@
-"""Each benchmark script at its smallest configuration writes a results file with its tables."""
+"""Each benchmark script at its smallest configuration writes a results file with its tables.
+
+The runs that compile many programs (tens of seconds on two busy cores) are marked ``slow``.
+"""
 
 import gaussian_score_matching
 import kernel_cost
 import posterior_accuracy
+import pytest
 import score_estimation
 import ssm_density
 import step_cost
@@ -26,14 +30,19 @@ def test_score_estimation(tmp_path):
     assert t["error"]["rows"][0][:3] == ["gaussian", "3", "100"]
 
 
+@pytest.mark.slow
 def test_kernel_cost(tmp_path):
     out = tmp_path / "r.json"
-    kernel_cost.main(kernel_cost.parse_args(["--quick", "--json", str(out)]))
+    kernel_cost.main(kernel_cost.parse_args(
+        ["--scaling-dim", "3", "--scaling-particles", "20,40", "--scaling-dims", "3",
+         "--scaling-dim-particles", "20", "--scaling-reps", "1", "--energy-dims", "2",
+         "--energy-particles", "10", "--hidden", "4", "--time-reps", "1", "--json", str(out)]))
     t = tables(out)
-    assert [r[1] for r in t["against_m"]["rows"]] == ["100", "200"]
-    assert t["energy"]["rows"][0][0] == "5"
+    assert [r[1] for r in t["against_m"]["rows"]] == ["20", "40"]
+    assert t["energy"]["rows"][0][0] == "2"
 
 
+@pytest.mark.slow
 def test_gaussian_score_matching(tmp_path):
     out = tmp_path / "r.json"
     gaussian_score_matching.main(gaussian_score_matching.parse_args(
@@ -50,6 +59,7 @@ def test_ssm_density(tmp_path):
         "true density", "untrained N(0, I)", "SSM-VR", "DSM"]
 
 
+@pytest.mark.slow
 def test_posterior_accuracy(tmp_path):
     out = tmp_path / "r.json"
     posterior_accuracy.main(
@@ -59,6 +69,7 @@ def test_posterior_accuracy(tmp_path):
     assert [r[0] for r in rows] == ["NUTS floor (chain 2 vs chain 1)", "AutoNormal"]
 
 
+@pytest.mark.slow
 def test_step_cost(tmp_path):
     out = tmp_path / "r.json"
     step_cost.main(["--big-dim", "10", "--steps", "2", "--warmup", "1", "--particles", "2",
