@@ -49,7 +49,7 @@ def check_samples(samples, name: str = "samples", min_rows: int = 2) -> jax.Arra
 
 def check_not_degenerate(arr: jax.Array, name: str = "samples") -> None:
     """Raise if every row of a concrete sample matrix is the same point."""
-    if is_concrete(arr):
+    if is_concrete(arr) and arr.shape[0] > 1:
         host = np.asarray(arr)
         if np.all(host == host[:1]):
             raise ValueError(
@@ -67,14 +67,41 @@ def check_queries(queries, dim: int, name: str = "queries") -> jax.Array:
     return arr
 
 
-def check_positive(value, name: str, allow_none: bool = False, allow_zero: bool = False):
-    if value is None and allow_none:
-        return
+def _check_number(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+
+
+def _check_integer(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def check_positive(value, name: str, allow_none: bool = False, allow_zero: bool = False):
+    """A finite number ``> 0`` (``>= 0`` with ``allow_zero``), or None with ``allow_none``."""
+    if value is None and allow_none:
+        return
+    _check_number(value, name)
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value}")
+
+
+def check_nonnegative(value, name: str, allow_none: bool = False) -> None:
+    """A finite number ``>= 0``, or None with ``allow_none``."""
+    check_positive(value, name, allow_none=allow_none, allow_zero=True)
+
+
+def check_in_range(
+    value, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    """A number in the interval from ``low`` to ``high`` (open at either end on request)."""
+    _check_number(value, name)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (np.isfinite(value) and above and below):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
 def check_choice(value, name: str, choices) -> None:
@@ -82,10 +109,15 @@ def check_choice(value, name: str, choices) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
 
 
-def check_positive_int(value, name: str, allow_none: bool = False) -> None:
+def check_int_at_least(value, name: str, minimum: int, allow_none: bool = False) -> None:
+    """An int ``>= minimum`` (not a bool), or None with ``allow_none``."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    _check_integer(value, name)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_positive_int(value, name: str, allow_none: bool = False) -> None:
+    """An int ``>= 1``, or None with ``allow_none``."""
+    check_int_at_least(value, name, 1, allow_none=allow_none)

@@ -23,8 +23,8 @@ the globals numpy arrays are made of (``ndarray``, ``dtype``, the array-rebuildi
 bytes at pickle protocol 2); any other global raises :class:`UnsafePickleError` before it is
 called, and nothing is loaded.
 
-:func:`binarize` draws a dynamically binarized copy of a batch, and :func:`batches` iterates over
-shuffled minibatches for one epoch.
+:func:`binarize` draws a dynamically binarized copy of a batch; minibatches are drawn by
+:func:`implicitvi.infer.run_minibatch`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import pickle
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -44,8 +44,8 @@ import numpy as np
 from implicitvi._checks import (
     as_float_array,
     check_finite,
-    check_positive,
-    check_positive_int,
+    check_in_range,
+    check_int_at_least,
     is_concrete,
 )
 
@@ -60,7 +60,6 @@ __all__ = [
     "Dataset",
     "Split",
     "UnsafePickleError",
-    "batches",
     "binarize",
     "load_digits",
     "load_mnist",
@@ -327,18 +326,13 @@ def load_digits(
         ValueError: if a fraction is outside ``[0, 1)``, they sum to 1 or more, or ``seed < 0``.
     """
     for value, name in ((valid_fraction, "valid_fraction"), (test_fraction, "test_fraction")):
-        check_positive(value, name, allow_zero=True)
-        if value >= 1:
-            raise ValueError(f"{name} must be < 1, got {value}")
+        check_in_range(value, name, 0.0, 1.0, high_open=True)
     if valid_fraction + test_fraction >= 1:
         raise ValueError(
             f"valid_fraction + test_fraction must be < 1 to leave training data, got "
             f"{valid_fraction} + {test_fraction}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    check_int_at_least(seed, "seed", 0)
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as err:
@@ -380,43 +374,3 @@ def binarize(key: jax.Array, images: jax.Array) -> jax.Array:
                 f"[{host.min()}, {host.max()}]"
             )
     return jax.random.bernoulli(key, images).astype(images.dtype)
-
-
-def batches(key: jax.Array, data: Any, batch_size: int, *, drop_last: bool = True) -> Iterator[Any]:
-    """Shuffled minibatches of ``data`` for one epoch.
-
-    Args:
-        key: a PRNG key; it fixes the order.
-        data: an array or pytree of arrays (e.g. a :class:`Split`) sharing a leading axis of ``n``
-            examples. Pass ``np.arange(n)`` to get the index sets themselves.
-        batch_size: examples per batch, ``1 <= batch_size <= n``.
-        drop_last: drop the final ``n % batch_size`` examples, so that every batch has the same
-            shape (and a jitted step compiles once); otherwise they form a last, smaller batch.
-
-    Returns:
-        an iterator of pytrees shaped like ``data``, each leaf indexed by the batch's examples:
-        every example appears at most once, and exactly once when ``drop_last=False``.
-
-    Raises:
-        TypeError: if ``data`` holds no arrays or ``batch_size`` is not an int.
-        ValueError: if the leaves of ``data`` do not share a leading axis or ``batch_size`` is
-            outside ``[1, n]``.
-    """
-    shapes = [np.shape(leaf) for leaf in jax.tree.leaves(data)]
-    if not shapes:
-        raise TypeError("data must be an array or a pytree of arrays, got no arrays")
-    if any(len(shape) == 0 for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
-        raise ValueError(f"data: all arrays must share their leading axis, got shapes {shapes}")
-    n = shapes[0][0]
-    check_positive_int(batch_size, "batch_size")
-    if batch_size > n:
-        raise ValueError(f"batch_size must be <= the number of examples ({n}), got {batch_size}")
-    order = np.asarray(jax.random.permutation(key, n))
-    stop = n - n % batch_size if drop_last else n
-
-    def epoch():
-        for start in range(0, stop, batch_size):
-            index = order[start : start + batch_size]
-            yield jax.tree.map(lambda leaf: leaf[index], data)
-
-    return epoch()

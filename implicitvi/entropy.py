@@ -25,9 +25,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from implicitvi.estimators.base import ScoreEstimator
 
-__all__ = ["surrogate", "estimated_surrogate"]
+__all__ = ["surrogate"]
 
 
 def surrogate(samples: jax.Array, scores: jax.Array) -> jax.Array:
@@ -47,16 +46,3 @@ def surrogate(samples: jax.Array, scores: jax.Array) -> jax.Array:
     moved = samples - jax.lax.stop_gradient(samples)
     per_draw = jnp.sum(jax.lax.stop_gradient(scores) * moved, axis=-1)
     return -jnp.mean(per_draw)
-
-
-def estimated_surrogate(
-    estimator: ScoreEstimator, state, samples: jax.Array, context: jax.Array | None = None
-) -> jax.Array:
-    """:func:`surrogate` with scores from a fitted ``estimator`` state, queried at ``samples``.
-
-    The estimator is queried at the (stop-gradiented) samples through ``score(state, ...)``; for
-    kernel estimators fitted on these very samples prefer ``surrogate(samples,
-    estimator.score(state))`` to use the in-sample estimate.
-    """
-    scores = estimator.score(state, jax.lax.stop_gradient(samples), context)
-    return surrogate(samples, scores)

@@ -53,6 +53,7 @@ from blackjax.mcmc import hmc
 from implicitvi._checks import (
     as_float_array,
     check_finite,
+    check_in_range,
     check_positive,
     check_positive_int,
     is_concrete,
@@ -216,9 +217,7 @@ def ais_log_likelihood(
     check_positive_int(num_leapfrog, "num_leapfrog")
     check_positive_int(batch_size, "batch_size")
     _check_step_size(step_size, step_size_bounds)
-    check_positive(target_acceptance, "target_acceptance")
-    if not target_acceptance < 1:
-        raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance}")
+    check_in_range(target_acceptance, "target_acceptance", 0.0, 1.0, low_open=True, high_open=True)
 
     batch_fn = partial(
         _ais_batch,

@@ -29,10 +29,8 @@ __all__ = [
     "grad_sum",
     "gram_and_slope",
     "imq",
-    "imq_grad",
     "median_bandwidth",
     "rbf",
-    "rbf_grad",
     "squared_distances",
 ]
 
@@ -88,21 +86,6 @@ def rbf(x: jax.Array, y: jax.Array, bandwidth) -> jax.Array:
 def imq(x: jax.Array, y: jax.Array, bandwidth) -> jax.Array:
     """IMQ Gram matrix ``(1 + ‖x_i − y_j‖² / h²)^(−1/2)``, shape ``(n, m)``."""
     return gram_and_slope("imq", x, y, bandwidth)[0]
-
-
-def _grad(kernel: str, x: jax.Array, y: jax.Array, bandwidth) -> jax.Array:
-    _, slope = gram_and_slope(kernel, x, y, bandwidth)
-    return 2.0 * (x[:, None, :] - y[None, :, :]) * slope[:, :, None]
-
-
-def rbf_grad(x: jax.Array, y: jax.Array, bandwidth) -> jax.Array:
-    """``∇_x k(x_i, y_j) = −(x_i − y_j) k(x_i, y_j) / h²`` for the RBF kernel, shape ``(n, m, d)``."""
-    return _grad("rbf", x, y, bandwidth)
-
-
-def imq_grad(x: jax.Array, y: jax.Array, bandwidth) -> jax.Array:
-    """``∇_x k(x_i, y_j) = −(x_i − y_j) k(x_i, y_j)³ / h²`` for the IMQ kernel, shape ``(n, m, d)``."""
-    return _grad("imq", x, y, bandwidth)
 
 
 def _kth_smallest(values: jax.Array, k: int) -> jax.Array:

@@ -359,8 +359,8 @@ def test_digits_without_validation(sklearn_digits):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"valid_fraction": -0.1}, ValueError, "valid_fraction must be finite and >= 0"),
-        ({"test_fraction": 1.0}, ValueError, "test_fraction must be < 1"),
+        ({"valid_fraction": -0.1}, ValueError, r"valid_fraction must be in \[0, 1\)"),
+        ({"test_fraction": 1.0}, ValueError, r"test_fraction must be in \[0, 1\)"),
         ({"valid_fraction": "0.1"}, TypeError, "valid_fraction must be a number"),
         ({"valid_fraction": 0.6, "test_fraction": 0.4}, ValueError, "must be < 1 to leave"),
         ({"seed": 1.5}, TypeError, "seed must be an int"),

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from implicitvi import _checks
-from implicitvi.estimators.base import ScoreEstimator, register
+from implicitvi.estimators.base import EstimatorChecks, register
 from implicitvi.nets import MLP
 from implicitvi.objectives import OBJECTIVES
 
@@ -40,7 +40,7 @@ class ScoreNetState(NamedTuple):
 
 @register("ssm")
 @dataclasses.dataclass(frozen=True)
-class ScoreNet(ScoreEstimator):
+class ScoreNet(EstimatorChecks):
     """Score network estimator.
 
     Args:
@@ -64,8 +64,7 @@ class ScoreNet(ScoreEstimator):
         eps: step of ``"fd_ssm"``.
 
     Each optimizer step draws fresh projections (or noise) from the key it is given. ``init``
-    only reads the shape and dtype of its samples (one row suffices); ``score`` needs explicit
-    queries, since the state keeps no samples.
+    only reads the shape and dtype of its samples (one row suffices).
 
     On a fixed sample set the empirical objective of a flexible network is unbounded below (it can
     drive ``tr ∇s`` to −∞ at the samples), so long training on few samples overfits badly; hence
@@ -98,9 +97,7 @@ class ScoreNet(ScoreEstimator):
         _checks.check_positive_int(self.num_projections, "num_projections")
         _checks.check_positive_int(self.steps_per_update, "steps_per_update")
         _checks.check_positive_int(self.fit_steps, "fit_steps")
-        _checks.check_positive(self.holdout, "holdout", allow_zero=True)
-        if self.holdout >= 1:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        _checks.check_in_range(self.holdout, "holdout", 0.0, 1.0, high_open=True)
         _checks.check_positive(self.sigma, "sigma")
         _checks.check_positive(self.eps, "eps")
         if not isinstance(self.optimizer, optax.GradientTransformation):
@@ -152,7 +149,9 @@ class ScoreNet(ScoreEstimator):
         return self.loss_fn(lambda z: self.apply(params, z, context), samples, key)
 
     def _check_batch(self, state: ScoreNetState, samples, context):
-        samples, context = self._check_samples(samples, context, context_dim=_dim(state))
+        samples, context = self._check_samples(
+            samples, context, min_rows=1, context_dim=_dim(state)
+        )
         if samples.shape[1] != state.template.shape[1]:
             raise ValueError(
                 f"samples must have {state.template.shape[1]} columns as at init, "
@@ -165,7 +164,7 @@ class ScoreNet(ScoreEstimator):
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    def update(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
+    def update(self, key, state: ScoreNetState, samples, context=None) -> ScoreNetState:
         """``steps_per_update`` optimizer steps on ``samples``, from the current parameters."""
         samples, context = self._check_batch(state, samples, context)
 
@@ -182,7 +181,7 @@ class ScoreNet(ScoreEstimator):
             step=state.step + self.steps_per_update,
         )
 
-    def fit(self, state: ScoreNetState, samples, key, context=None) -> ScoreNetState:
+    def fit(self, key, state: ScoreNetState, samples, context=None) -> ScoreNetState:
         """``fit_steps`` optimizer steps on the fixed ``samples``, early-stopped on a held-out part.
 
         A random ``holdout`` fraction of the rows is set aside; after every step the objective on
@@ -219,9 +218,8 @@ class ScoreNet(ScoreEstimator):
             params=best, opt_state=opt_state, loss=best_loss, step=state.step + self.fit_steps
         )
 
-    def score(self, state: ScoreNetState, queries=None, context=None) -> jax.Array:
-        if queries is None:
-            raise ValueError("queries: ScoreNet keeps no samples; pass the (m, d) points to score")
+    def score(self, state: ScoreNetState, queries, context=None) -> jax.Array:
+        """The network's ``(m, d)`` scores at ``(m, d)`` queries (and their ``(m, c)`` context)."""
         queries, context = self._check_queries(state.template.shape[1], _dim(state), queries, context)
         return self.apply(state.params, queries, context)
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from implicitvi import _checks, kernels
 from implicitvi.estimators._kernel_common import bandwidth_for, check_kernel_options
-from implicitvi.estimators.base import ScoreEstimator, register
+from implicitvi.estimators.base import EstimatorChecks, register
 
 __all__ = ["SSGE", "SSGEState"]
 
@@ -50,7 +50,7 @@ class SSGEState(NamedTuple):
 
 @register("ssge")
 @dataclasses.dataclass(frozen=True)
-class SSGE(ScoreEstimator):
+class SSGE(EstimatorChecks):
     """Spectral Stein gradient estimator.
 
     Args:
@@ -73,15 +73,15 @@ class SSGE(ScoreEstimator):
     def __post_init__(self):
         check_kernel_options(self.bandwidth, self.kernel, self.base)
         _checks.check_positive_int(self.num_eigen, "num_eigen", allow_none=True)
-        _checks.check_positive(self.threshold, "threshold")
-        if self.threshold > 1:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        _checks.check_positive(self.eta, "eta", allow_zero=True)
+        _checks.check_in_range(self.threshold, "threshold", 0.0, 1.0, low_open=True)
+        _checks.check_nonnegative(self.eta, "eta")
 
     def init(self, key, samples, context=None) -> SSGEState:
-        return self.update(None, samples, key, context)
+        """Fit on ``(M, d)`` samples (the key is not used: the fit is closed-form)."""
+        return self.update(key, None, samples, context)
 
-    def update(self, state, samples, key=None, context=None) -> SSGEState:
+    def update(self, key, state, samples, context=None) -> SSGEState:
+        """Refit on ``(M, d)`` samples from scratch; ``state`` and ``key`` are not used."""
         samples, _ = self._check_samples(samples, context)
         m = samples.shape[0]
         if self.num_eigen is not None and self.num_eigen > m:
@@ -123,10 +123,8 @@ class SSGE(ScoreEstimator):
         m = state.samples.shape[0]
         return jnp.sqrt(jnp.asarray(m, queries.dtype)) * (gram @ state.eigvecs) * state.inv_eigvals
 
-    def score(self, state: SSGEState, queries=None, context=None) -> jax.Array:
-        if queries is None:
-            self._check_context(context, state.samples.shape[0], "context")
-            queries = state.samples
+    def score(self, state: SSGEState, queries, context=None) -> jax.Array:
+        """``(m, d)`` scores ``ĝ`` at ``(m, d)`` queries (the same formula in and out of sample)."""
         queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
         out = self.eigenfunctions(state, queries) @ state.beta
         return out - queries if self.base == "normal" else out

@@ -37,7 +37,7 @@ from jax.scipy.linalg import cho_factor, cho_solve
 
 from implicitvi import _checks, kernels
 from implicitvi.estimators._kernel_common import bandwidth_for, check_kernel_options
-from implicitvi.estimators.base import ScoreEstimator, register
+from implicitvi.estimators.base import EstimatorChecks, register
 
 __all__ = ["Stein", "SteinState"]
 
@@ -51,7 +51,7 @@ class SteinState(NamedTuple):
 
 @register("stein")
 @dataclasses.dataclass(frozen=True)
-class Stein(ScoreEstimator):
+class Stein(EstimatorChecks):
     """Stein gradient estimator.
 
     Args:
@@ -61,8 +61,8 @@ class Stein(ScoreEstimator):
         kernel: ``"rbf"`` or ``"imq"`` (formulas in :mod:`implicitvi.kernels`).
         base: ``"zero"`` (the paper's estimator) or ``"normal"`` (shrink towards ``−x``).
 
-    ``score(state)`` returns the in-sample estimates Ĝ; ``score(state, queries)`` uses the
-    out-of-sample extension for every query row, also for a query equal to a sample.
+    ``score(state, queries)`` returns the in-sample estimate Ĝ at a query row equal to one of
+    the samples (so ``score(state, samples)`` is Ĝ) and the out-of-sample extension elsewhere.
     """
 
     bandwidth: float | None = None
@@ -75,9 +75,11 @@ class Stein(ScoreEstimator):
         _checks.check_positive(self.eta, "eta")
 
     def init(self, key, samples, context=None) -> SteinState:
-        return self.update(None, samples, key, context)
+        """Fit on ``(M, d)`` samples (the key is not used: the fit is closed-form)."""
+        return self.update(key, None, samples, context)
 
-    def update(self, state, samples, key=None, context=None) -> SteinState:
+    def update(self, key, state, samples, context=None) -> SteinState:
+        """Refit on ``(M, d)`` samples from scratch; ``state`` and ``key`` are not used."""
         samples, _ = self._check_samples(samples, context)
         h = bandwidth_for(self.bandwidth, samples)
         gram, slope = kernels.gram_and_slope(self.kernel, samples, samples, h)
@@ -89,11 +91,31 @@ class Stein(ScoreEstimator):
         scores = -cho_solve((chol, True), rhs)
         return SteinState(samples, h, chol, scores)
 
-    def score(self, state: SteinState, queries=None, context=None) -> jax.Array:
-        if queries is None:
-            self._check_context(context, state.samples.shape[0], "context")
-            return state.scores
+    def score(self, state: SteinState, queries, context=None) -> jax.Array:
+        """``(m, d)`` scores at ``(m, d)`` queries: Ĝ at rows equal to a sample, else §3.4.
+
+        When the queries are the samples themselves, row for row, Ĝ is returned without
+        evaluating the extension.
+        """
         queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
+        if queries.shape != state.samples.shape:
+            return self._mixed(state, queries)
+        return jax.lax.cond(
+            jnp.all(queries == state.samples),
+            lambda q: state.scores.astype(q.dtype),
+            lambda q: self._mixed(state, q),
+            queries,
+        )
+
+    def _mixed(self, state: SteinState, queries: jax.Array) -> jax.Array:
+        """Ĝ at query rows equal to a sample, the out-of-sample extension at the others."""
+        x = state.samples
+        same = jnp.all(x[:, None, :] == queries[None, :, :], axis=-1)  # (M, m), fused
+        in_sample = state.scores[jnp.argmax(same, axis=0)]
+        return jnp.where(jnp.any(same, axis=0)[:, None], in_sample, self._extension(state, queries))
+
+    def _extension(self, state: SteinState, queries: jax.Array) -> jax.Array:
+        """The out-of-sample extension (§3.4) at every query row."""
         x, h = state.samples, state.bandwidth
         k_xq, slope = kernels.gram_and_slope(self.kernel, x, queries, h)  # (M, m) each
         a_inv_k = cho_solve((state.cholesky, True), k_xq)  # (M, m)

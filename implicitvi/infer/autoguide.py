@@ -11,10 +11,9 @@ Gaussian with mean μ and Cholesky factor L), ``c`` = ``residual_scale`` and ``K
 dimension. The affine part's entropy :math:`\log|\det L|` is exact; only :math:`H[w]` is
 score-estimated, by default by a :class:`~implicitvi.estimators.ScoreNet` with a normal base
 (``s(w) = −w + net(w)``). The residual is bounded (at most ``c`` per coordinate), so ``w`` keeps
-normal tails: with an unbounded residual the sampler outran its score network on a 103-dimensional
-stochastic-volatility model at learning rate 1e-2 (the network's objective rose from −47 to 2·10⁴
-within 500 steps and the run became non-finite near step 1000), which the bound removes.
-Constrained sites get ``biject_to(support)(u)`` and carry its log-Jacobian.
+normal tails: an unbounded residual can move the sampler's mass faster than the score network
+tracks it, and the entropy gradient then diverges. Constrained sites get
+``biject_to(support)(u)`` and carry its log-Jacobian.
 """
 
 from __future__ import annotations
@@ -111,14 +110,19 @@ class AutoImplicit(AutoContinuous):
         super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
-        for name, site in _model_sites(self.model, args, kwargs).items():
-            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete:
-                raise ValueError(
-                    f"site '{name}' of the model is a discrete latent variable: AutoImplicit "
-                    "needs continuous latents (its sampler is reparameterized); marginalize it "
-                    "out, e.g. with numpyro.contrib.funsor, or observe it"
-                )
-        super()._setup_prototype(*args, **kwargs)
+        # NumPyro's initialisation builds the prototype trace (it handles ImproperUniform sites,
+        # which cannot be sampled). A discrete latent makes it fail first, with a message about
+        # enumeration; only then is the model traced by sampling, to name the site.
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except Exception:
+            with handlers.block():
+                try:
+                    sampled = handlers.trace(handlers.seed(self.model, 0)).get_trace(*args, **kwargs)
+                except Exception:
+                    sampled = {}
+            self._check_continuous(sampled)
+            raise
         if self.noise_dim is None:
             self.noise_dim = self.latent_dim
         if self.noise_dim < self.latent_dim:
@@ -126,6 +130,16 @@ class AutoImplicit(AutoContinuous):
                 f"noise_dim must be at least the latent dimension {self.latent_dim} "
                 f"(else the sampler has no density on R^{self.latent_dim}), got {self.noise_dim}"
             )
+
+    @staticmethod
+    def _check_continuous(trace):
+        for name, site in trace.items():
+            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete:
+                raise ValueError(
+                    f"site '{name}' of the model is a discrete latent variable: AutoImplicit "
+                    "needs continuous latents (its sampler is reparameterized); marginalize it "
+                    "out, e.g. with numpyro.contrib.funsor, or observe it"
+                )
 
     def _residual(self):
         name = f"{self.prefix}_sampler"
@@ -166,19 +180,26 @@ class AutoImplicit(AutoContinuous):
             infer={"is_auxiliary": True},
         )
 
-    def _get_posterior(self):
+    def _no_closed_form(self, method):
         raise NotImplementedError(
-            "AutoImplicit has no closed-form posterior: use sample_posterior, median or quantiles"
+            f"AutoImplicit.{method}: an implicit guide has no closed-form posterior; use "
+            "sample_posterior, median or quantiles"
         )
 
+    def _get_posterior(self):
+        self._no_closed_form("get_posterior")
+
     def get_base_dist(self):
-        self._get_posterior()
+        """Not available: the guide's distribution has no closed form."""
+        self._no_closed_form("get_base_dist")
 
     def get_transform(self, params):
-        self._get_posterior()
+        """Not available: the guide's distribution has no closed form."""
+        self._no_closed_form("get_transform")
 
     def get_posterior(self, params):
-        self._get_posterior()
+        """Not available: the guide's distribution has no closed form."""
+        self._no_closed_form("get_posterior")
 
     def _posterior_draws(self, params):
         return self.sample_posterior(
@@ -195,7 +216,3 @@ class AutoImplicit(AutoContinuous):
         q = jnp.asarray(quantiles)
         return {k: jnp.quantile(v, q, axis=0) for k, v in self._posterior_draws(params).items()}
 
-
-def _model_sites(model, args, kwargs):
-    with handlers.block():
-        return handlers.trace(handlers.seed(model, jax.random.PRNGKey(0))).get_trace(*args, **kwargs)

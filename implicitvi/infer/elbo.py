@@ -17,49 +17,35 @@ subsampling factor, like any other site.
 
 from __future__ import annotations
 
-import functools
+import warnings
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.handlers import replay, seed, substitute, trace
+from numpyro.handlers import replay, seed
 from numpyro.infer.elbo import ELBO
 from numpyro.infer.util import log_density
+from numpyro.util import check_model_guide_match
 
+from implicitvi import _checks
 from implicitvi.entropy import surrogate
-from implicitvi.estimators.base import get_estimator
+from implicitvi.estimators.base import get_estimator, state_matches
+from implicitvi.estimators.per_context import PerContext
+from implicitvi.infer import nonfinite
 from implicitvi.infer.primitives import state_name
 
 __all__ = ["ImplicitELBO"]
 
 
-def _raise_non_finite(names, dtype, step, loss_ok, *site_flags):
-    if bool(loss_ok) and all(bool(f) for f in site_flags):
-        return np.zeros((), dtype)
-    bad = [f"the latent or estimated score of implicit site '{n}'" for n, f in zip(names, site_flags) if not bool(f)]
-    what = ", ".join(bad) if bad else "the ELBO loss"
-    raise FloatingPointError(
-        f"ImplicitELBO: {what} became non-finite at step {int(step)}; lower the learning rate, "
-        "or check the model's log density"
-    )
+class _Draws(NamedTuple):
+    """One implicit site's values over the particles of a step."""
 
-
-def _checked(loss, step, flags, names):
-    """``loss``, after a host check that raises when one of the boolean ``flags`` is false.
-
-    The host call sits on the failing branch of a ``lax.cond``, so a finite step costs one
-    predicate and no host round trip. It is a ``pure_callback`` whose (zero) result is added to
-    the loss, which keeps it alive without the ordered-effect token of ``jax.debug.callback``
-    (that token alone made every step several times dearer on CPU). Its inputs carry no
-    tangents, so the loss stays differentiable.
-    """
-
-    def fail(loss):
-        spec = jax.ShapeDtypeStruct((), loss.dtype)
-        host = functools.partial(_raise_non_finite, names, loss.dtype)
-        return loss + jax.pure_callback(host, spec, step, *flags, vmap_method="sequential")
-
-    return jax.lax.cond(jnp.all(jnp.stack(flags)), lambda loss: loss, fail, loss)
+    latent: jax.Array  # (P, *batch, d)
+    context: jax.Array | None  # (P, *batch, c)
+    scale: jax.Array  # (P,) the site's subsample scale
+    extra: jax.Array | None  # (P, *batch, m, d) entropy_draws
+    state: Any  # the estimator state the particle's guide saw, with a leading P axis
 
 
 class ImplicitELBO(ELBO):
@@ -74,42 +60,121 @@ class ImplicitELBO(ELBO):
             :func:`~implicitvi.infer.implicit_sample`); otherwise an estimator or name
             (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site. A name picks a kind:
             a site whose own estimator is of that kind keeps its configuration. A persistent
-            estimator object (a network) must equal the site's own, whose state the guide created
-            at ``svi.init``.
-        check_finite: stop with ``FloatingPointError`` naming the step and the quantity when the
-            loss, a latent or an estimated score becomes non-finite (one predicate per step; the
-            host is called only on a failing step).
+            estimator (a network) must be able to continue the state the site's own estimator
+            created at ``svi.init`` (same state layout, see
+            :func:`~implicitvi.estimators.state_matches`).
+        check_finite: stop with a ``FloatingPointError`` naming the step and the quantity when
+            the loss, a latent or an estimated score becomes non-finite (one predicate per step;
+            the host is called only on a failing step). Under ``jit`` the error reaches the
+            caller as JAX's runtime error carrying that message;
+            :func:`~implicitvi.infer.run_minibatch` re-raises the ``FloatingPointError``.
+        vectorize_particles: as in NumPyro's ELBOs: ``True`` (``vmap``), ``False``
+            (``lax.map``) or a callable ``(fn, keys) -> outputs``.
+
+    Mutable sites of the model and guide (``numpyro.mutable``, the state of a Flax or Equinox
+    module) are carried as :class:`~numpyro.infer.Trace_ELBO` carries them: updated from the
+    particle with ``num_particles=1``, left unchanged (with a warning) with more particles.
 
     Use it as any NumPyro ELBO: ``SVI(model, guide, optim, ImplicitELBO(num_particles=16))``.
     """
 
     can_infer_discrete = False
 
-    def __init__(self, num_particles: int = 16, estimator=None, check_finite: bool = True):
-        if isinstance(num_particles, bool) or not isinstance(num_particles, (int, np.integer)):
-            raise TypeError(f"num_particles must be an int, got {type(num_particles).__name__}")
-        if num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    def __init__(
+        self,
+        num_particles: int = 16,
+        estimator=None,
+        check_finite: bool = True,
+        vectorize_particles=True,
+    ):
+        _checks.check_positive_int(num_particles, "num_particles")
         self.estimator = None if estimator is None else get_estimator(estimator)
         # A name picks a kind of estimator; a site whose own estimator is of that kind keeps its
         # own configuration (AutoImplicit's "stein" is Stein(base="normal"), say).
         self._by_name = isinstance(estimator, str)
         self.check_finite = check_finite
-        super().__init__(num_particles=num_particles, vectorize_particles=True)
+        super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
 
-    def _site_estimator(self, name, site, latent, context, per_element):
-        own = site["infer"]["estimator"]
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        # Keys 1 and 2 of three, as this ELBO has always drawn them, so fits reproduce.
+        est_key, particle_key = jax.random.split(rng_key, 3)[1:]
+        sites = {}  # implicit site name → its guide site, read while the particles are traced
+
+        def particle(key):
+            elbo, draws, mutable = self._particle(key, param_map, model, guide, args, kwargs, sites)
+            return elbo, draws, mutable
+
+        keys = jax.random.split(particle_key, self.num_particles)
+        elbos, draws, mutable = self.vectorize_particles_fn(particle, keys)
+
+        mutable_state = self._user_mutable_state(param_map, mutable, sites)
+        entropy = 0.0
+        checks = {"the ELBO loss": None}
+        for i, (name, site) in enumerate(sites.items()):
+            term, state, ok = self._site_entropy(
+                jax.random.fold_in(est_key, i), name, site, draws[name]
+            )
+            entropy = entropy + term
+            mutable_state[state_name(name)] = state
+            checks[f"the latent or estimated score of implicit site '{name}'"] = ok
+
+        loss = -(jnp.mean(elbos) + entropy)
+        if self.check_finite:
+            checks["the ELBO loss"] = jnp.isfinite(loss)
+            step = mutable_state[state_name(next(iter(sites)))]["step"] - 1 if sites else 0
+            loss = nonfinite.guard(
+                loss,
+                step,
+                checks,
+                where="ImplicitELBO",
+                advice="lower the learning rate, or check the model's log density",
+            )
+        return {"loss": loss, "mutable_state": mutable_state or None}
+
+    def _particle(self, key, param_map, model, guide, args, kwargs, sites):
+        """One particle: ``log p − log q_exact``, the implicit sites' draws, the mutable values."""
+        model_key, guide_key = jax.random.split(key)
+        guide_lp, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
+        mutable = {n: s["value"] for n, s in guide_trace.items() if s["type"] == "mutable"}
+        model_lp, model_trace = log_density(
+            replay(seed(model, model_key), guide_trace), args, kwargs, {**param_map, **mutable}
+        )
+        _check_latent_sites(model_trace, guide_trace)
+        check_model_guide_match(model_trace, guide_trace)
+        mutable.update({n: s["value"] for n, s in model_trace.items() if s["type"] == "mutable"})
+        draws = {}
+        for name, site in guide_trace.items():
+            if site["type"] == "sample" and site["infer"].get("implicit", False):
+                sites[name] = site
+                infer = site["infer"]
+                draws[name] = _Draws(
+                    infer["implicit_latent"],
+                    infer["implicit_context"],
+                    jnp.asarray(1.0 if site["scale"] is None else site["scale"]),
+                    infer["implicit_entropy_draws"],
+                    mutable.pop(state_name(name)),
+                )
+        return model_lp - guide_lp, draws, mutable
+
+    def _user_mutable_state(self, param_map, mutable, sites):
+        """The model's and guide's own mutable sites after this step, as Trace_ELBO keeps them."""
+        if not mutable:
+            return {}
+        if self.num_particles == 1:
+            return jax.tree.map(lambda x: x[0], mutable)
+        warnings.warn(
+            f"ImplicitELBO: the mutable sites {sorted(mutable)} are not updated with "
+            f"num_particles={self.num_particles} > 1 (as in Trace_ELBO); use num_particles=1 "
+            "with entropy_draws on the implicit sites to update them",
+            stacklevel=2,
+        )
+        return {n: param_map[n] if n in param_map else jax.tree.map(lambda x: x[0], v)
+                for n, v in mutable.items()}
+
+    def _site_estimator(self, name, own, latent, context, per_element):
         est = own if self.estimator is None else self.estimator
         if self._by_name and isinstance(own, type(self.estimator)):
             est = own
-        if est.persistent and est != own:
-            raise ValueError(
-                f"implicit site '{name}': ImplicitELBO's estimator {type(est).__name__} differs from "
-                f"the site's own {type(own).__name__} and keeps state across steps, "
-                "which the guide creates at svi.init for the site's own estimator; pass the same "
-                "estimator to the guide (AutoImplicit(..., estimator=...) or "
-                "implicit_sample(..., estimator=...))"
-            )
         # A kernel estimator sees each context's particles, or all particles of all plate
         # elements pooled; either way it needs two draws at least.
         pooled = context is None or est.conditional
@@ -121,109 +186,70 @@ class ImplicitELBO(ELBO):
                 f"on {where} (implicit site '{name}'), got {self.num_particles}"
                 + ("" if per_element == self.num_particles else f" (and {per_element} draws in all)")
             )
-        return est
+        return est if pooled else PerContext(est, per_element)
 
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        proto_key, est_key, particle_key = jax.random.split(rng_key, 3)
-        # One traced run of the guide reads each implicit site's estimator and state name; under
-        # jit its computations are dead code.
-        prototype = trace(substitute(seed(guide, proto_key), data=param_map)).get_trace(
-            *args, **kwargs
-        )
-        implicit = {
-            name: site
-            for name, site in prototype.items()
-            if site["type"] == "sample" and site["infer"].get("implicit", False)
+    def _site_entropy(self, key, name, site, draws: _Draws):
+        """The site's entropy surrogate, its new estimator state, and whether all was finite."""
+        latent, context, scale, extra, stored = draws
+        stored = jax.tree.map(lambda x: x[0], stored)  # the same in every particle
+        plate_size = int(np.prod(latent.shape[1:-1]))
+        if extra is not None:
+            # The entropy is estimated at the site's further draws, m per plate element.
+            latent = extra
+            if context is not None:
+                context = jnp.broadcast_to(context[..., None, :], extra.shape[:-1] + context.shape[-1:])
+        m = 1 if extra is None else extra.shape[-2]  # draws per particle and plate element
+        d = latent.shape[-1]
+        if stored["template"].shape[-1] != d:
+            raise ValueError(
+                f"implicit site '{name}': its latent has {d} dimensions but had "
+                f"{stored['template'].shape[-1]} when SVI was initialised; an implicit site's "
+                "value shape must not change between calls"
+            )
+        own = site["infer"]["estimator"]
+        est = self._site_estimator(name, own, latent, context, latent.shape[0] * m)
+        rows, ctx, back = _rows(latent, context, plate_size, m, by_element=isinstance(est, PerContext))
+        if est.persistent and est is not own and not state_matches(est, stored["score"], rows[:1], None if ctx is None else ctx[:1]):
+            raise ValueError(
+                f"implicit site '{name}': ImplicitELBO's estimator {type(est).__name__} cannot "
+                f"continue the state that the site's own {type(own).__name__} created at svi.init "
+                "(its layout differs); pass the same estimator to the guide "
+                "(AutoImplicit(..., estimator=...) or implicit_sample(..., estimator=...))"
+            )
+        state = est.update(key, stored["score"], rows, ctx)
+        scores = back(est.score(state, rows, ctx))
+        # Sum over the site's plate elements, mean over particles (and further draws), times
+        # the subsample scale.
+        term = scale[0] * plate_size * surrogate(latent, scores)
+        new = {
+            "step": stored["step"] + 1,
+            "template": stored["template"],
+            "score": state if est.persistent else stored["score"],
         }
-        mutable_names = [n for n, s in prototype.items() if s["type"] == "mutable"]
+        ok = jnp.all(jnp.isfinite(rows)) & jnp.all(jnp.isfinite(scores))
+        return term, new, ok
 
-        def particle(key):
-            model_key, guide_key = jax.random.split(key)
-            guide_lp, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
-            params = dict(param_map)
-            params.update({n: s["value"] for n, s in guide_trace.items() if s["type"] == "mutable"})
-            model_lp, model_trace = log_density(
-                replay(seed(model, model_key), guide_trace), args, kwargs, params
-            )
-            _check_latent_sites(model_trace, guide_trace)
-            draws = {}
-            for name in implicit:
-                site = guide_trace[name]
-                scale = 1.0 if site["scale"] is None else site["scale"]
-                draws[name] = (
-                    site["infer"]["implicit_latent"],
-                    site["infer"]["implicit_context"],
-                    jnp.asarray(scale),
-                    site["infer"]["implicit_entropy_draws"],
-                )
-            return model_lp - guide_lp, draws
 
-        keys = jax.random.split(particle_key, self.num_particles)
-        elbos, draws = jax.vmap(particle)(keys)
+def _rows(latent, context, plate_size, m, by_element):
+    """``latent`` ``(P, *batch, [m,] d)`` as stop-gradiented ``(n, d)`` rows (and context rows),
+    particle-major, or element-major when ``by_element`` (each plate element's ``P m`` draws
+    consecutive, for :class:`PerContext`); and the map taking ``(n, d)`` scores back."""
+    d = latent.shape[-1]
 
-        mutable_state = {n: param_map[n] for n in mutable_names if n in param_map}
-        entropy = 0.0
-        site_ok = []
-        for i, (name, site) in enumerate(implicit.items()):
-            # (P, *batch, d), (P, *batch, c) or None, (P,), (P, *batch, m, d) or None
-            latent, context, scale, extra = draws[name]
-            plate_size = int(np.prod(latent.shape[1:-1]))
-            if extra is not None:
-                # The entropy is estimated at the site's further draws, m per plate element.
-                latent = extra
-                if context is not None:
-                    context = jnp.broadcast_to(
-                        context[..., None, :], extra.shape[:-1] + context.shape[-1:]
-                    )
-            m = 1 if extra is None else extra.shape[-2]  # draws per particle and plate element
-            per_element = latent.shape[0] * m
-            est = self._site_estimator(name, site, latent, context, per_element)
-            d = latent.shape[-1]
-            # svi.evaluate passes no mutable state, and the guide's initial one stands in (the
-            # loss value does not depend on the scores, see implicitvi.entropy.surrogate).
-            stored = prototype[state_name(name)]["value"]
-            if stored["template"].shape[-1] != d:
-                raise ValueError(
-                    f"implicit site '{name}': its latent has {d} dimensions but had "
-                    f"{stored['template'].shape[-1]} when SVI was initialised; an implicit site's "
-                    "value shape must not change between calls"
-                )
-            flat = jax.lax.stop_gradient(latent.reshape(-1, d))
-            flat_ctx = (
-                None
-                if context is None
-                else jax.lax.stop_gradient(context.reshape(-1, context.shape[-1]))
-            )
-            key = jax.random.fold_in(est_key, i)
-            if est.persistent:
-                score_state = est.update(stored["score"], flat, key, flat_ctx)
-                scores = est.score(score_state, flat, flat_ctx).reshape(latent.shape)
-            elif context is not None and not est.conditional:
-                # A kernel estimator of q(w | c): each plate element's P (times m) draws on their own.
-                score_state = None
-                by_element = latent.reshape(latent.shape[0], plate_size, m, d).swapaxes(0, 1)
-                sets = jax.lax.stop_gradient(by_element.reshape(plate_size, -1, d))
-                scores = jax.vmap(lambda w: est.score(est.init(key, w)))(sets)
-                scores = scores.reshape(by_element.shape).swapaxes(0, 1).reshape(latent.shape)
-            else:
-                score_state = None
-                scores = est.score(est.init(key, flat, flat_ctx)).reshape(latent.shape)
-            # Sum over the site's plate elements, mean over particles (and further draws), times
-            # the subsample scale.
-            entropy = entropy + scale[0] * plate_size * surrogate(latent, scores)
-            mutable_state[state_name(name)] = {
-                "step": stored["step"] + 1,
-                "template": stored["template"],
-                "score": score_state if est.persistent else stored["score"],
-            }
-            site_ok.append(jnp.all(jnp.isfinite(flat)) & jnp.all(jnp.isfinite(scores)))
+    def arrange(x):
+        if x is None:
+            return None
+        x = jax.lax.stop_gradient(x)
+        if by_element:
+            x = x.reshape((x.shape[0], plate_size, m, x.shape[-1])).swapaxes(0, 1)
+        return x.reshape(-1, x.shape[-1])
 
-        loss = -(jnp.mean(elbos) + entropy)
-        if self.check_finite:
-            step = prototype[state_name(next(iter(implicit)))]["value"]["step"] if implicit else 0
-            flags = (jnp.isfinite(loss), *site_ok)
-            loss = _checked(loss, step, flags, tuple(implicit))
-        return {"loss": loss, "mutable_state": mutable_state or None}
+    def back(scores):
+        if by_element:
+            scores = scores.reshape(plate_size, latent.shape[0], m, d).swapaxes(0, 1)
+        return scores.reshape(latent.shape)
+
+    return arrange(latent), arrange(context), back
 
 
 def _check_latent_sites(model_trace, guide_trace):

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from implicitvi import _checks
+from implicitvi.infer import nonfinite
 
 __all__ = ["TrainResult", "load_checkpoint", "run_minibatch", "save_checkpoint"]
 
@@ -135,7 +136,8 @@ def run_minibatch(
 
     Raises:
         ValueError / TypeError: bad sizes or a checkpoint from another configuration.
-        FloatingPointError: a step's loss became non-finite (the message names the step).
+        FloatingPointError: a step's loss (or, under :class:`~implicitvi.infer.ImplicitELBO`,
+            a latent or score) became non-finite; the message names the step and the quantity.
     """
     _checks.check_positive_int(num_steps, "num_steps")
     _checks.check_positive_int(batch_size, "batch_size")
@@ -175,6 +177,13 @@ def run_minibatch(
         def body(state, xs):
             step, idx = xs
             state, loss = svi.update(state, batch_at(step, idx), *args, **kwargs)
+            loss = nonfinite.guard(
+                loss,
+                step,
+                {"the loss": jnp.isfinite(loss)},
+                where="run_minibatch",
+                advice="lower the learning rate, or check the model's log density and the data",
+            )
             return state, loss
 
         return jax.lax.scan(body, state, (steps, indices))
@@ -186,11 +195,14 @@ def run_minibatch(
     while done < num_steps:
         count = min(chunk_size, num_steps - done)
         indices = _epoch_indices(seed, data.shape[0], batch_size, done, count)
-        state, chunk_losses = run_chunk(state, jnp.arange(done, done + count), jnp.asarray(indices))
-        chunk_losses = np.asarray(chunk_losses)
-        bad = np.flatnonzero(~np.isfinite(chunk_losses))
-        if bad.size:
-            raise FloatingPointError(f"the loss became non-finite at step {done + int(bad[0])}")
+        try:
+            state, chunk_losses = run_chunk(
+                state, jnp.arange(done, done + count), jnp.asarray(indices)
+            )
+            chunk_losses = np.asarray(chunk_losses)
+        except nonfinite.JIT_ERRORS as err:
+            nonfinite.reraise(err)
+            raise
         history.append(chunk_losses)
         done += count
         bar.update(count)
