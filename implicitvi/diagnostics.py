@@ -195,18 +195,20 @@ def moment_errors(samples, reference) -> dict:
 
     Returns:
         ``{"mean_z": median_j |mean_q − mean_ref| / sd_ref, "log_sd": median_j |log(sd_q / sd_ref)|,
-        "mean_z_max": …, "log_sd_max": …}`` as Python floats.
+        "mean_z_max": …, "log_sd_max": …}`` as Python floats, computed in float64 with the
+        sample standard deviations (``ddof=1``).
     """
-    q = np.asarray(_checks.check_samples(samples, "samples"))
-    ref = np.asarray(_checks.check_samples(reference, "reference"))
+    _checks.check_samples(samples, "samples")
+    _checks.check_samples(reference, "reference")
+    q, ref = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
     if q.shape[1] != ref.shape[1]:
         raise ValueError(
             f"samples and reference must have the same number of columns, got {q.shape[1]} "
             f"and {ref.shape[1]}"
         )
-    sd_ref = ref.std(axis=0)
+    sd_ref = ref.std(axis=0, ddof=1)
     mean_z = np.abs(q.mean(axis=0) - ref.mean(axis=0)) / sd_ref
-    log_sd = np.abs(np.log(q.std(axis=0) / sd_ref))
+    log_sd = np.abs(np.log(q.std(axis=0, ddof=1) / sd_ref))
     return {
         "mean_z": float(np.median(mean_z)),
         "log_sd": float(np.median(log_sd)),
