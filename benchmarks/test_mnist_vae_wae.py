@@ -35,6 +35,7 @@ def test_checkpoint_configurations_are_those_existing_checkpoints_hold():
     }
 
 
+@pytest.mark.slow
 def test_a_run_resumes_and_refuses_another_configurations_checkpoint(tmp_path):
     tiny = ["--hidden", "8", "--latent-dim", "2", "--batch-size", "16", "--chunk", "2", "--checkpoint-every", "2",
             "--iwae-rows", "2", "--iwae-samples", "2", "--proposal-draws", "3", "--out-dir", str(tmp_path),

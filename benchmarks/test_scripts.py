@@ -19,6 +19,7 @@ def tables(path):
     return data["results"]["tables"]
 
 
+@pytest.mark.slow
 def test_score_estimation(tmp_path):
     out = tmp_path / "r.json"
     score_estimation.main(score_estimation.parse_args(
@@ -50,6 +51,7 @@ def test_gaussian_score_matching(tmp_path):
     assert len(tables(out)["by_steps"]["rows"]) == len(gaussian_score_matching.METHODS)
 
 
+@pytest.mark.slow
 def test_ssm_density(tmp_path):
     out = tmp_path / "r.json"
     ssm_density.main(ssm_density.parse_args(

@@ -110,6 +110,7 @@ def test_unconstrained_score_is_the_log_density_gradient():
     np.testing.assert_allclose(score_fn(u), np.stack([d_mu, d_v], 1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_guides_are_comparable_by_ksd(fitted):
     guide, params = fitted
     score_fn, to_u = unconstrained_score(model, (Y,))

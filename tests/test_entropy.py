@@ -71,6 +71,7 @@ def _streamed_score_net():
 # Relative Frobenius error of the estimated entropy gradient against L⁻ᵀ, with 400 particles for the
 # kernel estimators and a streamed network queried on 4000 particles; measured here: 0.009 (Stein),
 # 0.04 (SSGE), 0.07 (network).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_score, num, bound",
     [

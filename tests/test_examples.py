@@ -34,6 +34,7 @@ def test_score_estimation_example(tmp_path):
     assert out.stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_implicit_vi_example(tmp_path):
     example = load("implicit_vi")
     out = tmp_path / "funnel.png"

@@ -22,6 +22,7 @@ KERNEL_BOUNDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, target", sorted(KERNEL_BOUNDS))
 def test_kernel_estimators_recover_known_scores(name, target):
     rng = np.random.default_rng(10)

@@ -20,6 +20,7 @@ def streamed_nets():
     return est, fitted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", TARGETS)
 def test_streaming_score_net_recovers_known_scores(streamed_nets, target):
     est, fitted = streamed_nets
@@ -27,6 +28,7 @@ def test_streaming_score_net_recovers_known_scores(streamed_nets, target):
     assert rel_err(est.score(fitted[target], x), true) < 0.05
 
 
+@pytest.mark.slow
 def test_conditional_score_net_recovers_linear_gaussian_conditional_score():
     # q(z | c) = N(B c, Σ): s(z | c) = −Σ⁻¹ (z − B c).
     b = np.array([[1.0, -0.5], [0.3, 2.0]])
@@ -70,6 +72,7 @@ def test_conditional_estimator_demands_matching_context():
         est.score(state, Q)
 
 
+@pytest.mark.slow
 def test_fit_early_stopping_prevents_overfitting_a_fixed_sample_set():
     # 200 samples of N(0, I₅): trained to the end on all of them the network overfits without
     # bound (error in the thousands here); held-out early stopping keeps the estimate useful

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ GROUPS = RNG.normal(size=(3, 20, 2)) * np.array([[[1.0, 0.5]], [[2.0, 1.0]], [[0
 def test_each_group_is_fitted_on_its_own(base):
     est = PerContext(base, group_size=20)
     rows, context = GROUPS.reshape(-1, 2), np.repeat(np.eye(3), 20, axis=0)
-    state = est.init(KEY, rows, context)
+    state = jax.jit(est.init)(KEY, rows, context)
     queries = RNG.normal(size=(3 * 4, 2))
-    got = est.score(state, queries, np.repeat(np.eye(3), 4, axis=0))
-    at_samples = est.score(state, rows, context)
+    score = jax.jit(est.score)
+    got = score(state, queries, np.repeat(np.eye(3), 4, axis=0))
+    at_samples = score(state, rows, context)
     for g in range(3):
         alone = base.init(KEY, GROUPS[g])
         np.testing.assert_allclose(got[4 * g : 4 * (g + 1)], base.score(alone, queries[4 * g : 4 * (g + 1)]), rtol=1e-9)

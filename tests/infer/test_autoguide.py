@@ -35,6 +35,7 @@ def regression_fits():
     return fits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssm", "stein"])
 def test_conjugate_gaussian_posterior_matches_closed_form(regression_fits, name):
     guide, result = regression_fits[name]
@@ -50,6 +51,7 @@ def test_conjugate_gaussian_posterior_matches_closed_form(regression_fits, name)
     assert abs(corr - true_corr) < 0.1
 
 
+@pytest.mark.slow
 def test_sample_posterior_median_quantiles_and_predictive_shapes(regression_fits):
     guide, result = regression_fits["ssm"]
     draws = guide.sample_posterior(jax.random.PRNGKey(2), result.params, sample_shape=(7, 3))
@@ -64,6 +66,7 @@ def test_sample_posterior_median_quantiles_and_predictive_shapes(regression_fits
     assert out["beta"].shape == (50, 2) and out["y"].shape == (50, 15)
 
 
+@pytest.mark.slow
 def test_equinox_sampler_through_numpyro_contrib_module():
     def network(name, noise_dim, latent_dim):
         mlp = eqx.nn.MLP(noise_dim, latent_dim, 16, 1, key=jax.random.PRNGKey(0))
@@ -78,6 +81,7 @@ def test_equinox_sampler_through_numpyro_contrib_module():
     assert np.all(np.abs(draws.mean(0) - POST_MEAN) < 0.3 * np.sqrt(np.diag(POST_COV)))
 
 
+@pytest.mark.slow
 def test_eight_schools_matches_nuts():
     mcmc = MCMC(NUTS(eight_schools), num_warmup=500, num_samples=2000, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0), SIGMA8, Y8)

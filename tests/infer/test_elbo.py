@@ -71,6 +71,7 @@ def mixed_guide(x):
     implicit_sample("sigma", u, support=dist.constraints.positive, estimator="stein")
 
 
+@pytest.mark.slow
 def test_mixed_explicit_and_implicit_sites_match_nuts():
     mcmc = MCMC(NUTS(normal_model), num_warmup=500, num_samples=2000, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0), DATA_N)
@@ -101,6 +102,7 @@ def local_guide(x):
         )
 
 
+@pytest.mark.slow
 def test_subsampled_plate_with_amortized_conditional_sampler():
     _, result = fit(local_model, local_guide, ImplicitELBO(num_particles=8), X_LOCAL, steps=3000, lr=1e-2)
     assert np.all(np.isfinite(result.losses))
@@ -128,6 +130,7 @@ def per_context_gaussian(estimator):
     return guide
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", [Stein(), SSGE()], ids=["stein", "ssge"])
 def test_kernel_estimator_scores_each_context_from_its_own_particles(estimator):
     # z_i = a c_i + s ε_i against p(z_i) = N(0, 1): the ELBO is Σ_i [−(a² c_i² + s²)/2 + log s]
@@ -159,6 +162,7 @@ def per_context_gaussian_with_draws(estimator, m):
     return guide
 
 
+@pytest.mark.slow
 def test_entropy_draws_carry_the_entropy_term():
     # One particle, whose value the model sees, and 200 further draws per context for the
     # entropy: the ELBO gradient is the closed form of the test above, ∂(−ELBO)/∂a = 4 and
@@ -243,7 +247,7 @@ def test_persistent_estimator_must_match_the_guides():
     # Estimators are compared by the layout of their state, not as objects: a second default
     # configuration (a fresh optax.chain, unequal as an object) continues the guide's state.
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(estimator=default_estimator()))
-    state, loss = svi.update(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG), X_REG, Y_REG)
+    state, loss = jax.jit(svi.update)(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG), X_REG, Y_REG)
     assert np.isfinite(loss)
 
 
@@ -271,8 +275,9 @@ def counting_model():
 def _mutable_after_three_updates(model, guide, elbo, *args):
     svi = SVI(model, guide, optax.adam(1e-2), elbo)
     state = svi.init(jax.random.PRNGKey(0), *args)
+    update = jax.jit(svi.update)
     for _ in range(3):
-        state, _ = svi.update(state, *args)
+        state, _ = update(state, *args)
     return state.mutable_state
 
 
