@@ -58,6 +58,7 @@ from numpyro.infer import MCMC, NUTS, SVI
 from numpyro.infer.initialization import init_to_median
 
 from implicitvi.diagnostics import kernel_stein_discrepancy, moment_errors, unconstrained_score
+from implicitvi.infer import nonfinite
 
 CACHE_VERSION = 1
 
@@ -125,18 +126,20 @@ def fit_guide(m, guide_name, cfg, lr, seed) -> dict:
     row = {"guide": guide_name, "seed": seed, "lr": lr, "error": None}
     start = time.perf_counter()
     try:
-        result = svi.run(jax.random.PRNGKey(seed), cfg.steps, *args, progress_bar=False)
-        losses = np.asarray(jax.block_until_ready(result.losses))
+        try:
+            result = svi.run(jax.random.PRNGKey(seed), cfg.steps, *args, progress_bar=False)
+            losses = np.asarray(jax.block_until_ready(result.losses))
+        except nonfinite.JIT_ERRORS as err:
+            nonfinite.reraise(err)  # ImplicitELBO's guard: a FloatingPointError naming the step
+            raise
         draws = guide.sample_posterior(
             jax.random.PRNGKey(10_000 + seed), result.params, *args, sample_shape=(cfg.draws,))
         latent = {k: v for k, v in draws.items() if k in m["sites"]}
         u = np.asarray(jax.block_until_ready(m["to_u"](latent)))
     except Exception as exc:  # noqa: BLE001 (a failed run is a result, not a crash)
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        line = next((ln for ln in lines if "ImplicitELBO:" in ln or "Error:" in ln),
-                    lines[0] if lines else "")
+        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         row.update(seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {line[:400]}",
-                   non_finite=isinstance(exc, FloatingPointError) or "non-finite" in str(exc))
+                   non_finite=isinstance(exc, FloatingPointError))
         return row
     row["seconds"] = time.perf_counter() - start
     finite_rows = np.all(np.isfinite(u), axis=1)
