@@ -50,8 +50,7 @@ def guard(value: jax.Array, step: jax.Array, checks: dict[str, jax.Array], *, wh
 
     The host is called only on a failing step: the callback sits on one branch of a
     ``lax.cond``, and its (zero) result is added to ``value``, which keeps it alive without the
-    ordered-effect token of ``jax.debug.callback`` (that token made every step several times
-    dearer on CPU).
+    ordered-effect token of ``jax.debug.callback``, which would order, and so slow, every step.
     """
     names = tuple(checks)
     flags = tuple(jnp.asarray(f) for f in checks.values())
