@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from implicitvi import _checks
 from implicitvi.estimators.base import EstimatorChecks, ScoreEstimator
@@ -25,7 +26,8 @@ class PerContext(EstimatorChecks):
     """Fit an unconditional kernel estimator separately on each context's particles.
 
     Args:
-        estimator: an unconditional, non-persistent estimator (:class:`Stein`, :class:`SSGE`).
+        estimator: an unconditional kernel estimator with an ``in_sample(state)`` method
+            (:class:`Stein`, :class:`SSGE`).
         group_size: rows per context ``k ≥ 2``; samples have ``G · k`` rows, rows
             ``g k … (g + 1) k − 1`` sharing context ``c_g``.
 
@@ -46,7 +48,7 @@ class PerContext(EstimatorChecks):
             raise TypeError(
                 f"estimator must be a ScoreEstimator, got {type(self.estimator).__name__}"
             )
-        if self.estimator.conditional or self.estimator.persistent:
+        if self.estimator.conditional or self.estimator.persistent or not hasattr(self.estimator, "in_sample"):
             raise ValueError(
                 "estimator: PerContext needs an unconditional kernel estimator (Stein or SSGE), "
                 f"got {type(self.estimator).__name__}"
@@ -75,7 +77,14 @@ class PerContext(EstimatorChecks):
                 f"got {queries.shape[0]}"
             )
         sets = self._groups(queries, "queries", queries.shape[0] // num_groups)
-        scores = jax.vmap(self.estimator.score)(state, sets)
+        scored = lambda q: jax.vmap(self.estimator.score)(state, q)  # noqa: E731
+        if sets.shape == state.samples.shape:
+            # Decided once for all groups, so that the in-sample case computes nothing more (a
+            # per-group decision inside the vmap would evaluate both branches).
+            in_sample = lambda q: jax.vmap(self.estimator.in_sample)(state)  # noqa: E731
+            scores = jax.lax.cond(jnp.all(sets == state.samples), in_sample, scored, sets)
+        else:
+            scores = scored(sets)
         return scores.reshape(queries.shape)
 
     @staticmethod

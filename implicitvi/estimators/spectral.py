@@ -123,6 +123,11 @@ class SSGE(EstimatorChecks):
         m = state.samples.shape[0]
         return jnp.sqrt(jnp.asarray(m, queries.dtype)) * (gram @ state.eigvecs) * state.inv_eigvals
 
+    def in_sample(self, state: SSGEState) -> jax.Array:
+        """The ``(M, d)`` estimates at the samples themselves (= ``score(state, samples)``)."""
+        out = self.eigenfunctions(state, state.samples) @ state.beta
+        return out - state.samples if self.base == "normal" else out
+
     def score(self, state: SSGEState, queries, context=None) -> jax.Array:
         """``(m, d)`` scores ``ĝ`` at ``(m, d)`` queries (the same formula in and out of sample)."""
         queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)

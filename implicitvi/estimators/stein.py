@@ -102,10 +102,14 @@ class Stein(EstimatorChecks):
             return self._mixed(state, queries)
         return jax.lax.cond(
             jnp.all(queries == state.samples),
-            lambda q: state.scores.astype(q.dtype),
+            lambda q: self.in_sample(state),
             lambda q: self._mixed(state, q),
             queries,
         )
+
+    def in_sample(self, state: SteinState) -> jax.Array:
+        """Ĝ, the ``(M, d)`` estimates at the samples themselves (= ``score(state, samples)``)."""
+        return state.scores
 
     def _mixed(self, state: SteinState, queries: jax.Array) -> jax.Array:
         """Ĝ at query rows equal to a sample, the out-of-sample extension at the others."""

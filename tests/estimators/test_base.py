@@ -161,3 +161,9 @@ def test_stein_scores_queries_equal_to_samples_in_sample():
     np.testing.assert_allclose(got[:3], est.score(state, X)[:3], rtol=1e-12)
     np.testing.assert_allclose(got[5], est.score(state, X)[10], rtol=1e-12)
     np.testing.assert_allclose(got[3:5], est.score(state, Q)[:2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("est", [Stein(), SSGE(), Stein(base="normal"), SSGE(base="normal")])
+def test_in_sample_is_the_score_at_the_samples(est):
+    state = est.init(KEY, X)
+    np.testing.assert_allclose(est.in_sample(state), est.score(state, X), rtol=1e-12)
