@@ -17,6 +17,7 @@ subsampling factor, like any other site.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, NamedTuple
 
@@ -99,39 +100,37 @@ class ImplicitELBO(ELBO):
         # Keys 1 and 2 of three, as this ELBO has always drawn them, so fits reproduce.
         est_key, particle_key = jax.random.split(rng_key, 3)[1:]
         sites = {}  # implicit site name → its guide site, read while the particles are traced
-
-        def particle(key):
-            elbo, draws, mutable = self._particle(key, param_map, model, guide, args, kwargs, sites)
-            return elbo, draws, mutable
-
+        particle = functools.partial(
+            self._particle, param_map=param_map, model=model, guide=guide, args=args,
+            kwargs=kwargs, sites=sites,
+        )
         keys = jax.random.split(particle_key, self.num_particles)
         elbos, draws, mutable = self.vectorize_particles_fn(particle, keys)
 
-        mutable_state = self._user_mutable_state(param_map, mutable, sites)
+        mutable_state = self._user_mutable_state(param_map, mutable)
         entropy = 0.0
-        checks = {"the ELBO loss": None}
+        site_checks = {}
         for i, (name, site) in enumerate(sites.items()):
             term, state, ok = self._site_entropy(
                 jax.random.fold_in(est_key, i), name, site, draws[name]
             )
             entropy = entropy + term
             mutable_state[state_name(name)] = state
-            checks[f"the latent or estimated score of implicit site '{name}'"] = ok
+            site_checks[f"the latent or estimated score of implicit site '{name}'"] = ok
 
         loss = -(jnp.mean(elbos) + entropy)
         if self.check_finite:
-            checks["the ELBO loss"] = jnp.isfinite(loss)
             step = mutable_state[state_name(next(iter(sites)))]["step"] - 1 if sites else 0
             loss = nonfinite.guard(
                 loss,
                 step,
-                checks,
+                {"the ELBO loss": jnp.isfinite(loss), **site_checks},
                 where="ImplicitELBO",
                 advice="lower the learning rate, or check the model's log density",
             )
         return {"loss": loss, "mutable_state": mutable_state or None}
 
-    def _particle(self, key, param_map, model, guide, args, kwargs, sites):
+    def _particle(self, key, *, param_map, model, guide, args, kwargs, sites):
         """One particle: ``log p − log q_exact``, the implicit sites' draws, the mutable values."""
         model_key, guide_key = jax.random.split(key)
         guide_lp, guide_trace = log_density(seed(guide, guide_key), args, kwargs, param_map)
@@ -156,7 +155,7 @@ class ImplicitELBO(ELBO):
                 )
         return model_lp - guide_lp, draws, mutable
 
-    def _user_mutable_state(self, param_map, mutable, sites):
+    def _user_mutable_state(self, param_map, mutable):
         """The model's and guide's own mutable sites after this step, as Trace_ELBO keeps them."""
         if not mutable:
             return {}
