@@ -10,7 +10,9 @@ Every objective is a pure function ``objective(score_fn, samples, key, **options
 
 Up to a constant that does not depend on ``s``, the exact, sliced and finite-difference objectives
 equal the Fisher divergence :math:`\tfrac12 \mathbb{E}_p \|s(x) - \nabla \log p(x)\|^2` in
-expectation, so they share one minimizer. Gradients in ``x`` are taken in forward mode
+expectation, so they share one minimizer. :func:`regression` is the exception: it needs, beside
+the samples, a per-sample target whose conditional mean given the sample is the score (the
+conditional score of a semi-implicit sampler), and takes it as the keyword ``targets``. Gradients in ``x`` are taken in forward mode
 (Jacobian-vector products); only :func:`exact` forms the Jacobian, column by column.
 """
 
@@ -23,7 +25,7 @@ import jax.numpy as jnp
 
 from implicitvi._checks import check_choice, check_positive, check_positive_int
 
-__all__ = ["OBJECTIVES", "denoising", "exact", "fd_sliced", "sliced", "sliced_vr"]
+__all__ = ["OBJECTIVES", "denoising", "exact", "fd_sliced", "regression", "sliced", "sliced_vr"]
 
 ScoreFn = Callable[[jax.Array], jax.Array]
 PROJECTIONS = ("gaussian", "rademacher")
@@ -158,11 +160,46 @@ def fd_sliced(
     return jnp.mean(0.5 * (a_plus - a_minus) + 0.125 * (a_plus + a_minus) ** 2) / eps**2
 
 
+def regression(
+    score_fn: ScoreFn, samples: jax.Array, key: jax.Array | None = None, *, targets: jax.Array
+) -> jax.Array:
+    r"""Score regression on conditional scores (the identity behind DSM, UIVI and SIVI-SM).
+
+    For a semi-implicit sampler :math:`x = m(\epsilon_2) + \sigma(\epsilon_2) \odot \epsilon_1`,
+    :math:`q(x) = \mathbb{E}_{\epsilon_2}\, q(x \mid \epsilon_2)`, the conditional score
+    :math:`t = \nabla_x \log q(x \mid \epsilon_2) = -\epsilon_1 / \sigma(\epsilon_2)` is known at
+    every draw, and :math:`\mathbb{E}[t \mid x] = \nabla_x \log q(x)` (Titsias & Ruiz 2019, UIVI,
+    eq. 6; Yu & Zhang 2023, SIVI-SM). Hence
+
+    .. math:: J(s) = \tfrac12\, \mathbb{E}_{x, t}\, \|s(x) - t\|^2
+       = \tfrac12\, \mathbb{E}_x \|s(x) - \nabla \log q(x)\|^2 + \text{const},
+
+    plain least squares whose minimizer is the marginal score, with no derivative of ``s`` and
+    no noise-level bias. :func:`denoising` is the special case :math:`m(\epsilon_2) = \epsilon_2`
+    (the data), :math:`\sigma = ` ``sigma``.
+
+    Args:
+        score_fn: the score model, ``(n, d) -> (n, d)``.
+        samples: ``(n, d)`` draws ``x``.
+        key: accepted and ignored (all objectives share one signature).
+        targets: ``(n, d)`` the conditional score at each draw.
+    """
+    del key
+    targets = jnp.asarray(targets)
+    if targets.shape != samples.shape:
+        raise ValueError(
+            f"targets must have the shape of samples {samples.shape}, got {targets.shape}"
+        )
+    residual = score_fn(samples) - jax.lax.stop_gradient(targets)
+    return 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+
+
 OBJECTIVES: dict[str, Callable] = {
     "exact": exact,
     "ssm": sliced,
     "ssm_vr": sliced_vr,
     "dsm": denoising,
     "fd_ssm": fd_sliced,
+    "regression": regression,
 }
 """Objective name (as accepted by :class:`~implicitvi.estimators.ScoreNet`) → function."""

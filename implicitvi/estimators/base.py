@@ -48,6 +48,10 @@ class ScoreEstimator(Protocol):
             depend on the number of samples. True (networks): the state carries learned
             parameters from one sample set to the next and its shapes do not depend on the
             number of samples, so it can live in an SVI state.
+
+    An estimator may also set ``needs_targets = True`` (a :class:`ScoreNet` with the
+    ``"regression"`` objective): its ``update`` and ``fit`` then take a keyword ``targets``,
+    ``(n, d)`` per-sample values whose conditional mean given the sample is the score.
     """
 
     conditional: bool

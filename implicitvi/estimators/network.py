@@ -44,7 +44,10 @@ class ScoreNet(EstimatorChecks):
     """Score network estimator.
 
     Args:
-        objective: ``"ssm_vr"`` (default), ``"ssm"``, ``"fd_ssm"``, ``"dsm"`` or ``"exact"``.
+        objective: ``"ssm_vr"`` (default), ``"ssm"``, ``"fd_ssm"``, ``"dsm"``, ``"exact"``, or
+            ``"regression"``: least squares on per-sample ``targets`` whose conditional mean is
+            the score (:func:`implicitvi.objectives.regression`; the conditional scores of a
+            semi-implicit sampler). Then :meth:`update` and :meth:`fit` need ``targets``.
         num_projections: projections per sample for the sliced objectives.
         projection: ``"gaussian"`` or ``"rademacher"`` directions for the sliced objectives.
         hidden: hidden widths of the default MLP (softplus activations).
@@ -110,6 +113,11 @@ class ScoreNet(EstimatorChecks):
             object.__setattr__(self, "network", MLP(self.hidden, zero_output=self.base == "normal"))
 
     @property
+    def needs_targets(self) -> bool:
+        """Whether :meth:`update` and :meth:`fit` take ``targets`` (the ``"regression"`` objective)."""
+        return self.objective == "regression"
+
+    @property
     def loss_fn(self) -> Callable:
         """The objective as ``loss(score_fn, samples, key)`` with this estimator's options."""
         fn = OBJECTIVES[self.objective]
@@ -144,11 +152,14 @@ class ScoreNet(EstimatorChecks):
             None if context is None else context[:0],
         )
 
-    def loss(self, params, samples: jax.Array, key: jax.Array, context=None) -> jax.Array:
+    def loss(self, params, samples: jax.Array, key: jax.Array, context=None, targets=None) -> jax.Array:
         """Objective value of ``params`` on a batch (differentiable in ``params``)."""
-        return self.loss_fn(lambda z: self.apply(params, z, context), samples, key)
+        fn = self.loss_fn
+        if self.needs_targets:
+            fn = functools.partial(fn, targets=targets)
+        return fn(lambda z: self.apply(params, z, context), samples, key)
 
-    def _check_batch(self, state: ScoreNetState, samples, context):
+    def _check_batch(self, state: ScoreNetState, samples, context, targets=None):
         samples, context = self._check_samples(
             samples, context, min_rows=1, context_dim=_dim(state)
         )
@@ -157,19 +168,37 @@ class ScoreNet(EstimatorChecks):
                 f"samples must have {state.template.shape[1]} columns as at init, "
                 f"got shape {tuple(samples.shape)}"
             )
-        return samples, context
+        if self.needs_targets:
+            if targets is None:
+                raise ValueError(
+                    "targets is required with objective='regression': the conditional score at "
+                    "each sample, shape (n, d)"
+                )
+            targets = _checks.as_float_array(targets, "targets")
+            if targets.shape != samples.shape:
+                raise ValueError(
+                    f"targets must have the shape of samples {tuple(samples.shape)}, "
+                    f"got {tuple(targets.shape)}"
+                )
+        elif targets is not None:
+            raise ValueError(
+                f"targets were given but objective={self.objective!r} does not use them; "
+                "use objective='regression'"
+            )
+        return samples, context, targets
 
-    def _step(self, params, opt_state, samples, key, context):
-        value, grads = jax.value_and_grad(self.loss)(params, samples, key, context)
+    def _step(self, params, opt_state, samples, key, context, targets):
+        value, grads = jax.value_and_grad(self.loss)(params, samples, key, context, targets)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    def update(self, key, state: ScoreNetState, samples, context=None) -> ScoreNetState:
-        """``steps_per_update`` optimizer steps on ``samples``, from the current parameters."""
-        samples, context = self._check_batch(state, samples, context)
+    def update(self, key, state: ScoreNetState, samples, context=None, *, targets=None) -> ScoreNetState:
+        """``steps_per_update`` optimizer steps on ``samples`` (and ``targets`` for the
+        ``"regression"`` objective), from the current parameters."""
+        samples, context, targets = self._check_batch(state, samples, context, targets)
 
         def step(carry, step_key):
-            params, opt_state, value = self._step(*carry, samples, step_key, context)
+            params, opt_state, value = self._step(*carry, samples, step_key, context, targets)
             return (params, opt_state), value
 
         keys = jax.random.split(key, self.steps_per_update)
@@ -181,7 +210,7 @@ class ScoreNet(EstimatorChecks):
             step=state.step + self.steps_per_update,
         )
 
-    def fit(self, key, state: ScoreNetState, samples, context=None) -> ScoreNetState:
+    def fit(self, key, state: ScoreNetState, samples, context=None, *, targets=None) -> ScoreNetState:
         """``fit_steps`` optimizer steps on the fixed ``samples``, early-stopped on a held-out part.
 
         A random ``holdout`` fraction of the rows is set aside; after every step the objective on
@@ -189,27 +218,27 @@ class ScoreNet(EstimatorChecks):
         evaluated, and the parameters of the best step are returned. ``loss`` in the returned
         state is that held-out value.
         """
-        samples, context = self._check_batch(state, samples, context)
+        samples, context, targets = self._check_batch(state, samples, context, targets)
         n = samples.shape[0]
         num_val = int(round(self.holdout * n))
         perm_key, val_key, key = jax.random.split(key, 3)
         order = jax.random.permutation(perm_key, n)
         pick = lambda a, idx: None if a is None else a[idx]  # noqa: E731
         if num_val == 0 or n - num_val < 2:
-            train, train_ctx, val, val_ctx = samples, context, samples, context
+            train, val = (samples, context, targets), (samples, context, targets)
         else:
-            train, train_ctx = pick(samples, order[num_val:]), pick(context, order[num_val:])
-            val, val_ctx = pick(samples, order[:num_val]), pick(context, order[:num_val])
+            train = tuple(pick(a, order[num_val:]) for a in (samples, context, targets))
+            val = tuple(pick(a, order[:num_val]) for a in (samples, context, targets))
 
         def step(carry, step_key):
             params, opt_state, best, best_loss = carry
-            params, opt_state, _ = self._step(params, opt_state, train, step_key, train_ctx)
-            val_loss = self.loss(params, val, val_key, val_ctx)
+            params, opt_state, _ = self._step(params, opt_state, train[0], step_key, *train[1:])
+            val_loss = self.loss(params, val[0], val_key, *val[1:])
             better = val_loss < best_loss
             best = jax.tree.map(lambda new, old: jnp.where(better, new, old), params, best)
             return (params, opt_state, best, jnp.minimum(val_loss, best_loss)), None
 
-        start_loss = self.loss(state.params, val, val_key, val_ctx)
+        start_loss = self.loss(state.params, val[0], val_key, *val[1:])
         carry = (state.params, state.opt_state, state.params, start_loss)
         (_, opt_state, best, best_loss), _ = jax.lax.scan(
             step, carry, jax.random.split(key, self.fit_steps)

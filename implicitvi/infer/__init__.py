@@ -1,13 +1,15 @@
-"""NumPyro integration: implicit guide sites, the implicit-aware ELBO, an implicit autoguide, and
+"""NumPyro integration: implicit guide sites, the implicit-aware ELBO, implicit and semi-implicit autoguides, and
 minibatch training with checkpoints."""
 
 from implicitvi.infer.autoguide import AutoImplicit
 from implicitvi.infer.elbo import ImplicitELBO
 from implicitvi.infer.primitives import implicit_sample
+from implicitvi.infer.semi_implicit import AutoSemiImplicit
 from implicitvi.infer.training import TrainResult, load_checkpoint, run_minibatch, save_checkpoint
 
 __all__ = [
     "AutoImplicit",
+    "AutoSemiImplicit",
     "ImplicitELBO",
     "TrainResult",
     "implicit_sample",

@@ -33,7 +33,7 @@ from implicitvi.estimators.base import get_estimator
 from implicitvi.infer.primitives import implicit_sample
 from implicitvi.nets import MLP
 
-__all__ = ["AutoImplicit"]
+__all__ = ["AutoImplicit", "AutoSampler"]
 
 
 def default_estimator() -> ScoreNet:
@@ -56,7 +56,135 @@ WHITENED = {
 standard normal's score, which is where the whitened latent ``w`` starts."""
 
 
-class AutoImplicit(AutoContinuous):
+class AutoSampler(AutoContinuous):
+    """What the sampler-only autoguides share: NumPyro's flattening of the latent sites into one
+    unconstrained vector ``u``, a draw ``u = μ + L w`` whose ``w`` has no closed-form density and
+    is recorded by :func:`~implicitvi.infer.implicit_sample`, and posterior summaries from draws.
+
+    Subclasses set ``self.estimator``, ``self.network`` and ``self.noise_dim`` (``None``: the
+    latent dimension) before calling ``__init__`` here, and implement ``_draw_latent(sample_shape)
+    -> (w, implicit_sample keywords)``.
+    """
+
+    def __init__(self, model, *, init_scale, num_samples, prefix, init_loc_fn):
+        _checks.check_positive(init_scale, "init_scale")
+        _checks.check_positive_int(num_samples, "num_samples")
+        if self.estimator.conditional:
+            raise ValueError(
+                f"estimator: {type(self).__name__}'s latent has no context; use an unconditional one"
+            )
+        self._init_scale = init_scale
+        self.num_samples = num_samples
+        super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+
+    def _setup_prototype(self, *args, **kwargs):
+        # NumPyro's initialisation builds the prototype trace (it handles ImproperUniform sites,
+        # which cannot be sampled). A discrete latent makes it fail first, with a message about
+        # enumeration; only then is the model traced by sampling, to name the site.
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except Exception:
+            with handlers.block():
+                try:
+                    sampled = handlers.trace(handlers.seed(self.model, 0)).get_trace(*args, **kwargs)
+                except Exception:
+                    sampled = {}
+            self._check_continuous(sampled)
+            raise
+        if self.noise_dim is None:
+            self.noise_dim = self.latent_dim
+        if self.noise_dim < self.latent_dim:
+            raise ValueError(
+                f"noise_dim must be at least the latent dimension {self.latent_dim} "
+                f"(else the sampler has no density on R^{self.latent_dim}), got {self.noise_dim}"
+            )
+
+    def _check_continuous(self, trace):
+        for name, site in trace.items():
+            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete:
+                raise ValueError(
+                    f"site '{name}' of the model is a discrete latent variable: {type(self).__name__} "
+                    "needs continuous latents (its sampler is reparameterized); marginalize it "
+                    "out, e.g. with numpyro.contrib.funsor, or observe it"
+                )
+
+    def _network(self, out_dim):
+        """``self.network`` as a function ``(..., K) -> (..., out_dim)``, its parameters a param
+        site (or registered by the factory)."""
+        name = f"{self.prefix}_sampler"
+        if hasattr(self.network, "apply") and hasattr(self.network, "init"):
+            net = self.network
+            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, out_dim))
+            return lambda eps: net.apply(params, eps)
+        return self.network(name, self.noise_dim, out_dim)
+
+    def _draw(self, sample_shape=()):
+        """``(u, w, log|det L|, implicit_sample keywords)`` for ``sample_shape`` draws."""
+        d = self.latent_dim
+        loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
+        scale_tril = numpyro.param(
+            f"{self.prefix}_scale_tril",
+            jnp.identity(d) * self._init_scale,
+            constraint=constraints.scaled_unit_lower_cholesky,
+        )
+        w, site_kwargs = self._draw_latent(tuple(sample_shape))
+        u = loc + w @ scale_tril.T
+        return u, w, jnp.sum(jnp.log(jnp.diagonal(scale_tril))), site_kwargs
+
+    def _sample_latent(self, *args, **kwargs):
+        sample_shape = kwargs.pop("sample_shape", ())
+        u, w, log_det, site_kwargs = self._draw(sample_shape)
+        if sample_shape:  # posterior draws: no site to score
+            return u
+        return implicit_sample(
+            f"_{self.prefix}_latent",
+            u,
+            latent=w,
+            log_abs_det_jacobian=log_det,
+            support=constraints.real_vector,
+            estimator=self.estimator,
+            infer={"is_auxiliary": True},
+            **site_kwargs,
+        )
+
+    def _no_closed_form(self, method):
+        raise NotImplementedError(
+            f"{type(self).__name__}.{method}: an implicit guide has no closed-form posterior; use "
+            "sample_posterior, median or quantiles"
+        )
+
+    def _get_posterior(self):
+        self._no_closed_form("get_posterior")
+
+    def get_base_dist(self):
+        """Not available: the guide's distribution has no closed form."""
+        self._no_closed_form("get_base_dist")
+
+    def get_transform(self, params):
+        """Not available: the guide's distribution has no closed form."""
+        self._no_closed_form("get_transform")
+
+    def get_posterior(self, params):
+        """Not available: the guide's distribution has no closed form."""
+        self._no_closed_form("get_posterior")
+
+    def _posterior_draws(self, params):
+        return self.sample_posterior(
+            jax.random.PRNGKey(0), params, sample_shape=(self.num_samples,)
+        )
+
+    def median(self, params):
+        """Coordinate-wise median of ``num_samples`` posterior draws (fixed key), per site."""
+        return {k: jnp.median(v, axis=0) for k, v in self._posterior_draws(params).items()}
+
+    def quantiles(self, params, quantiles):
+        """Coordinate-wise quantiles of ``num_samples`` posterior draws (fixed key), per site;
+        each value has shape ``(len(quantiles),) + site shape``."""
+        q = jnp.asarray(quantiles)
+        return {k: jnp.quantile(v, q, axis=0) for k, v in self._posterior_draws(params).items()}
+
+
+class AutoImplicit(AutoSampler):
     """Implicit (sampler-only) guide over all latent sites of ``model``.
 
     Args:
@@ -94,125 +222,21 @@ class AutoImplicit(AutoContinuous):
     ):
         _checks.check_positive_int(noise_dim, "noise_dim", allow_none=True)
         _checks.check_positive(residual_scale, "residual_scale", allow_zero=True)
-        _checks.check_positive(init_scale, "init_scale")
-        _checks.check_positive_int(num_samples, "num_samples")
         self.noise_dim = noise_dim
         self.network = MLP(hidden) if network is None else network
         if estimator is None or isinstance(estimator, str) and estimator in WHITENED:
             self.estimator = WHITENED["ssm" if estimator is None else estimator]()
         else:
             self.estimator = get_estimator(estimator)
-        if self.estimator.conditional:
-            raise ValueError("estimator: AutoImplicit's latent has no context; use an unconditional one")
         self.residual_scale = residual_scale
-        self._init_scale = init_scale
-        self.num_samples = num_samples
-        super().__init__(model, prefix=prefix, init_loc_fn=init_loc_fn)
+        super().__init__(
+            model, init_scale=init_scale, num_samples=num_samples, prefix=prefix,
+            init_loc_fn=init_loc_fn,
+        )
 
-    def _setup_prototype(self, *args, **kwargs):
-        # NumPyro's initialisation builds the prototype trace (it handles ImproperUniform sites,
-        # which cannot be sampled). A discrete latent makes it fail first, with a message about
-        # enumeration; only then is the model traced by sampling, to name the site.
-        try:
-            super()._setup_prototype(*args, **kwargs)
-        except Exception:
-            with handlers.block():
-                try:
-                    sampled = handlers.trace(handlers.seed(self.model, 0)).get_trace(*args, **kwargs)
-                except Exception:
-                    sampled = {}
-            self._check_continuous(sampled)
-            raise
-        if self.noise_dim is None:
-            self.noise_dim = self.latent_dim
-        if self.noise_dim < self.latent_dim:
-            raise ValueError(
-                f"noise_dim must be at least the latent dimension {self.latent_dim} "
-                f"(else the sampler has no density on R^{self.latent_dim}), got {self.noise_dim}"
-            )
-
-    @staticmethod
-    def _check_continuous(trace):
-        for name, site in trace.items():
-            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete:
-                raise ValueError(
-                    f"site '{name}' of the model is a discrete latent variable: AutoImplicit "
-                    "needs continuous latents (its sampler is reparameterized); marginalize it "
-                    "out, e.g. with numpyro.contrib.funsor, or observe it"
-                )
-
-    def _residual(self):
-        name = f"{self.prefix}_sampler"
-        if hasattr(self.network, "apply") and hasattr(self.network, "init"):
-            net = self.network
-            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, self.latent_dim))
-            return lambda eps: net.apply(params, eps)
-        return self.network(name, self.noise_dim, self.latent_dim)
-
-    def _draw(self, sample_shape=()):
-        """``(u, w, log|det L|)`` for noise of shape ``sample_shape + (K,)``."""
+    def _draw_latent(self, sample_shape):
         d = self.latent_dim
-        loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
-        scale_tril = numpyro.param(
-            f"{self.prefix}_scale_tril",
-            jnp.identity(d) * self._init_scale,
-            constraint=constraints.scaled_unit_lower_cholesky,
-        )
         gate = numpyro.param(f"{self.prefix}_gate", jnp.zeros(()))
-        residual = self._residual()
+        residual = self._network(d)
         eps = jax.random.normal(numpyro.prng_key(), tuple(sample_shape) + (self.noise_dim,))
-        w = eps[..., :d] + jnp.tanh(gate) * self.residual_scale * jnp.tanh(residual(eps))
-        u = loc + w @ scale_tril.T
-        return u, w, jnp.sum(jnp.log(jnp.diagonal(scale_tril)))
-
-    def _sample_latent(self, *args, **kwargs):
-        sample_shape = kwargs.pop("sample_shape", ())
-        u, w, log_det = self._draw(sample_shape)
-        if sample_shape:  # posterior draws: no site to score
-            return u
-        return implicit_sample(
-            f"_{self.prefix}_latent",
-            u,
-            latent=w,
-            log_abs_det_jacobian=log_det,
-            support=constraints.real_vector,
-            estimator=self.estimator,
-            infer={"is_auxiliary": True},
-        )
-
-    def _no_closed_form(self, method):
-        raise NotImplementedError(
-            f"AutoImplicit.{method}: an implicit guide has no closed-form posterior; use "
-            "sample_posterior, median or quantiles"
-        )
-
-    def _get_posterior(self):
-        self._no_closed_form("get_posterior")
-
-    def get_base_dist(self):
-        """Not available: the guide's distribution has no closed form."""
-        self._no_closed_form("get_base_dist")
-
-    def get_transform(self, params):
-        """Not available: the guide's distribution has no closed form."""
-        self._no_closed_form("get_transform")
-
-    def get_posterior(self, params):
-        """Not available: the guide's distribution has no closed form."""
-        self._no_closed_form("get_posterior")
-
-    def _posterior_draws(self, params):
-        return self.sample_posterior(
-            jax.random.PRNGKey(0), params, sample_shape=(self.num_samples,)
-        )
-
-    def median(self, params):
-        """Coordinate-wise median of ``num_samples`` posterior draws (fixed key), per site."""
-        return {k: jnp.median(v, axis=0) for k, v in self._posterior_draws(params).items()}
-
-    def quantiles(self, params, quantiles):
-        """Coordinate-wise quantiles of ``num_samples`` posterior draws (fixed key), per site;
-        each value has shape ``(len(quantiles),) + site shape``."""
-        q = jnp.asarray(quantiles)
-        return {k: jnp.quantile(v, q, axis=0) for k, v in self._posterior_draws(params).items()}
-
+        return eps[..., :d] + jnp.tanh(gate) * self.residual_scale * jnp.tanh(residual(eps)), {}

@@ -46,6 +46,7 @@ class _Draws(NamedTuple):
     context: jax.Array | None  # (P, *batch, c)
     scale: jax.Array  # (P,) the site's subsample scale
     extra: jax.Array | None  # (P, *batch, m, d) entropy_draws
+    target: jax.Array | None  # conditional scores, shaped as the draws the entropy is taken at
     state: Any  # the estimator state the particle's guide saw, with a leading P axis
 
 
@@ -151,6 +152,7 @@ class ImplicitELBO(ELBO):
                     infer["implicit_context"],
                     jnp.asarray(1.0 if site["scale"] is None else site["scale"]),
                     infer["implicit_entropy_draws"],
+                    infer.get("implicit_conditional_score"),
                     mutable.pop(state_name(name)),
                 )
         return model_lp - guide_lp, draws, mutable
@@ -189,7 +191,7 @@ class ImplicitELBO(ELBO):
 
     def _site_entropy(self, key, name, site, draws: _Draws):
         """The site's entropy surrogate, its new estimator state, and whether all was finite."""
-        latent, context, scale, extra, stored = draws
+        latent, context, scale, extra, target, stored = draws
         stored = jax.tree.map(lambda x: x[0], stored)  # the same in every particle
         plate_size = int(np.prod(latent.shape[1:-1]))
         if extra is not None:
@@ -207,7 +209,8 @@ class ImplicitELBO(ELBO):
             )
         own = site["infer"]["estimator"]
         est = self._site_estimator(name, own, latent, context, latent.shape[0] * m)
-        rows, ctx, back = _rows(latent, context, plate_size, m, by_element=isinstance(est, PerContext))
+        arrange, back = _rows(latent.shape, plate_size, m, by_element=isinstance(est, PerContext))
+        rows, ctx = arrange(latent), arrange(context)
         if est.persistent and est is not own and not state_matches(est, stored["score"], rows[:1], None if ctx is None else ctx[:1]):
             raise ValueError(
                 f"implicit site '{name}': ImplicitELBO's estimator {type(est).__name__} cannot "
@@ -215,7 +218,16 @@ class ImplicitELBO(ELBO):
                 "(its layout differs); pass the same estimator to the guide "
                 "(AutoImplicit(..., estimator=...) or implicit_sample(..., estimator=...))"
             )
-        state = est.update(key, stored["score"], rows, ctx)
+        if getattr(est, "needs_targets", False):
+            if target is None:
+                raise ValueError(
+                    f"implicit site '{name}': the estimator {type(est).__name__} is fitted on "
+                    "conditional scores, but the site has none; pass conditional_score=... to "
+                    "implicit_sample, or use another estimator"
+                )
+            state = est.update(key, stored["score"], rows, ctx, targets=arrange(target))
+        else:
+            state = est.update(key, stored["score"], rows, ctx)
         scores = back(est.score(state, rows, ctx))
         # Sum over the site's plate elements, mean over particles (and further draws), times
         # the subsample scale.
@@ -229,11 +241,12 @@ class ImplicitELBO(ELBO):
         return term, new, ok
 
 
-def _rows(latent, context, plate_size, m, by_element):
-    """``latent`` ``(P, *batch, [m,] d)`` as stop-gradiented ``(n, d)`` rows (and context rows),
-    particle-major, or element-major when ``by_element`` (each plate element's ``P m`` draws
-    consecutive, for :class:`PerContext`); and the map taking ``(n, d)`` scores back."""
-    d = latent.shape[-1]
+def _rows(shape, plate_size, m, by_element):
+    """For draws of ``shape`` ``(P, *batch, [m,] d)``: the map to stop-gradiented ``(n, ·)`` rows
+    (of the draws, their context or targets), particle-major, or element-major when
+    ``by_element`` (each plate element's ``P m`` draws consecutive, for :class:`PerContext`); and
+    the map taking ``(n, d)`` scores back."""
+    d = shape[-1]
 
     def arrange(x):
         if x is None:
@@ -245,10 +258,10 @@ def _rows(latent, context, plate_size, m, by_element):
 
     def back(scores):
         if by_element:
-            scores = scores.reshape(plate_size, latent.shape[0], m, d).swapaxes(0, 1)
-        return scores.reshape(latent.shape)
+            scores = scores.reshape(plate_size, shape[0], m, d).swapaxes(0, 1)
+        return scores.reshape(shape)
 
-    return arrange(latent), arrange(context), back
+    return arrange, back
 
 
 def _check_latent_sites(model_trace, guide_trace):

@@ -50,6 +50,7 @@ def implicit_sample(
     context: jax.Array | None = None,
     estimator=None,
     entropy_draws: jax.Array | None = None,
+    conditional_score: jax.Array | None = None,
     infer: dict | None = None,
 ):
     """Record an implicit sample site in a guide and return its constrained value.
@@ -81,6 +82,12 @@ def implicit_sample(
             entropy gradient at the cost of m sampler passes, not m model passes. Song et al.
             (2019) train their Stein and spectral VAEs so, with m = 100 draws per image of which
             the first is decoded: ``value=w[..., 0, :], entropy_draws=w``.
+        conditional_score: for a semi-implicit sampler ``w = m(ε₂) + σ(ε₂) ⊙ ε₁`` (or any whose
+            conditional density given its mixing noise is known), the conditional score
+            ``∇_w log q(w | ε₂) = −ε₁ / σ(ε₂)`` at each draw: same shape as ``latent``, or as
+            ``entropy_draws`` when they are given. Its conditional mean given ``w`` is the score
+            of ``w``, so an estimator with ``needs_targets`` (``ScoreNet(objective="regression")``)
+            is fitted on it by least squares; other estimators ignore it.
         infer: further entries for the site's ``infer`` dict (e.g. ``{"is_auxiliary": True}``).
 
     Returns:
@@ -109,6 +116,21 @@ def implicit_sample(
                 f"implicit site '{name}': entropy_draws must have shape batch_shape + (m, d) = "
                 f"{batch_shape} + (m, {latent.shape[-1]}), got {entropy_draws.shape}"
             )
+    if conditional_score is not None:
+        conditional_score = jnp.asarray(conditional_score)
+        drawn = latent if entropy_draws is None else entropy_draws
+        if conditional_score.shape != drawn.shape:
+            raise ValueError(
+                f"implicit site '{name}': conditional_score must have the shape of "
+                f"{'latent' if entropy_draws is None else 'entropy_draws'} {drawn.shape}, "
+                f"got {conditional_score.shape}"
+            )
+    elif getattr(est, "needs_targets", False):
+        raise ValueError(
+            f"implicit site '{name}': the estimator {type(est).__name__}(objective="
+            f"{getattr(est, 'objective', None)!r}) is fitted on conditional scores; pass "
+            "conditional_score=... (∇_w log q(w | ε₂) at each draw)"
+        )
     if context is not None:
         context = _checks.as_float_array(context, f"implicit site '{name}': context")
         if context.shape[:-1] != batch_shape:
@@ -160,6 +182,7 @@ def implicit_sample(
             "implicit_latent": latent,
             "implicit_context": context,
             "implicit_entropy_draws": entropy_draws,
+            "implicit_conditional_score": conditional_score,
             "estimator": est,
         },
     )
