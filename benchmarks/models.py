@@ -39,11 +39,17 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.infer import Trace_ELBO
-from numpyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+from numpyro.infer.autoguide import (
+    AutoBNAFNormal,
+    AutoDAIS,
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+)
 from numpyro.infer.initialization import init_to_median
 
 from implicitvi.estimators import SSGE, Stein
-from implicitvi.infer import AutoImplicit, ImplicitELBO
+from implicitvi.infer import AutoImplicit, AutoSemiImplicit, ImplicitELBO
 from implicitvi.infer.autoguide import default_estimator
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +221,12 @@ def funnel_from_noncentered(s):
     return {"v": s["v"], "x": s["x_raw"] * jnp.exp(s["v"][..., None] / 2.0)}
 
 
+def banana():
+    """x₁ ~ N(0, 1), x₂ | x₁ ~ N(x₁² − 1, 0.5²): a curved 2-D posterior (no data)."""
+    x1 = numpyro.sample("x1", dist.Normal(0.0, 1.0))
+    numpyro.sample("x2", dist.Normal(x1**2 - 1.0, 0.5))
+
+
 def stoch_vol_data(num_steps=100, seed=20240612, mu=-1.0, phi=0.9, sigma=0.3):
     rng = np.random.default_rng(seed)
     h = np.empty(num_steps)
@@ -283,6 +295,13 @@ MODELS = {
         funnel_from_noncentered,
         target_accept=0.95,
     ),
+    "banana": ModelSpec(
+        "banana",
+        "2-D banana, x1 ~ N(0, 1), x2 | x1 ~ N(x1^2 - 1, 0.5^2)",
+        banana,
+        lambda: (),
+        target_accept=0.9,
+    ),
     "stoch_vol": ModelSpec(
         "stoch_vol",
         "stochastic volatility, non-centered AR(1) log-volatility, 100 time points",
@@ -297,14 +316,18 @@ MODELS = {
 # Guides as benchmarked
 # --------------------------------------------------------------------------------------------
 
-GUIDES = ("normal", "mvn", "iaf", "implicit-ssm", "implicit-stein", "implicit-ssge")
+GUIDES = ("normal", "mvn", "iaf", "bnaf", "dais", "implicit-ssm", "implicit-stein", "implicit-ssge",
+          "semi-implicit")
 LABELS = {
     "normal": "AutoNormal",
     "mvn": "AutoMultivariateNormal",
     "iaf": "AutoIAFNormal",
+    "bnaf": "AutoBNAFNormal",
+    "dais": "AutoDAIS",
     "implicit-ssm": "AutoImplicit (SSM)",
     "implicit-stein": "AutoImplicit (Stein)",
     "implicit-ssge": "AutoImplicit (SSGE)",
+    "semi-implicit": "AutoSemiImplicit",
 }
 
 
@@ -316,6 +339,12 @@ def make_guide_and_elbo(name: str, model, particles: int):
         return guide, Trace_ELBO(num_particles=particles)
     if name == "iaf":
         return AutoIAFNormal(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
+    if name == "bnaf":
+        return AutoBNAFNormal(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
+    if name == "dais":
+        return AutoDAIS(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
+    if name == "semi-implicit":
+        return AutoSemiImplicit(model, init_loc_fn=init_to_median), ImplicitELBO(num_particles=particles)
     if name == "implicit-ssm-1":  # the step-cost variant: one score-network step per SVI step
         one_step = dataclasses.replace(default_estimator(), steps_per_update=1)
         return AutoImplicit(model, estimator=one_step), ImplicitELBO(num_particles=particles)
