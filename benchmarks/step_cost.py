@@ -38,7 +38,8 @@ from numpyro.infer import SVI
 
 CONFIGS = (("implicit-ssm", "AutoImplicit (SSM) + ImplicitELBO"),
            ("mvn", "AutoMultivariateNormal + Trace_ELBO"),
-           ("implicit-ssm-1", "AutoImplicit (SSM, 1 score step) + ImplicitELBO"))
+           ("implicit-ssm-1", "AutoImplicit (SSM, 1 score step) + ImplicitELBO"),
+           ("semi-implicit", "AutoSemiImplicit (regression, 1 score step) + ImplicitELBO"))
 
 
 def compiled_update(guide_name, args, cfg) -> dict:
