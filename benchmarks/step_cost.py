@@ -39,7 +39,7 @@ from numpyro.infer import SVI
 CONFIGS = (("implicit-ssm", "AutoImplicit (SSM) + ImplicitELBO"),
            ("mvn", "AutoMultivariateNormal + Trace_ELBO"),
            ("implicit-ssm-1", "AutoImplicit (SSM, 1 score step) + ImplicitELBO"),
-           ("semi-implicit", "AutoSemiImplicit (regression, 1 score step) + ImplicitELBO"))
+           ("semi-implicit", "AutoSemiImplicit (3 regression steps) + ImplicitELBO"))
 
 
 def compiled_update(guide_name, args, cfg) -> dict:
