@@ -30,28 +30,34 @@ from implicitvi.infer.autoguide import default_estimator
 from implicitvi.infer.nonfinite import JIT_ERRORS
 
 
-def test_svi_update_evaluate_stable_update_and_progress_bar():
+@pytest.fixture(scope="module")
+def regression_svi():
+    """AutoImplicit on the regression with its default estimator, initialised, and its update
+    jitted once for the tests that step it."""
     guide = AutoImplicit(regression)
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=4))
     state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
-    update = jax.jit(svi.update)
-    stable = jax.jit(svi.stable_update)
+    return guide, svi, state, jax.jit(svi.update)
+
+
+def test_svi_update_evaluate_stable_update_and_progress_bar(regression_svi):
+    _, svi, state, update = regression_svi
     for _ in range(3):
         state, loss = update(state, X_REG, Y_REG)
-        state, loss2 = stable(state, X_REG, Y_REG)
-    assert np.isfinite(loss) and np.isfinite(loss2)
-    assert int(state.mutable_state["__auto_latent_score_state"]["step"]) == 6
-    assert np.isfinite(svi.evaluate(state, X_REG, Y_REG))
-    result = svi.run(jax.random.PRNGKey(1), 20, X_REG, Y_REG, progress_bar=True)
+    assert np.isfinite(loss)
+    assert int(state.mutable_state["__auto_latent_score_state"]["step"]) == 3
+    assert np.isfinite(jax.jit(svi.evaluate)(state, X_REG, Y_REG))
+    # stable_update, stepped by SVI.run's jitted loop behind the progress bar (one program for
+    # both), continuing from the state the updates left.
+    result = svi.run(jax.random.PRNGKey(1), 20, X_REG, Y_REG, progress_bar=True, stable_update=True, init_state=state)
     assert result.losses.shape == (20,) and np.all(np.isfinite(result.losses))
+    assert int(result.state.mutable_state["__auto_latent_score_state"]["step"]) == 23
 
 
-def test_estimator_state_is_trained_inside_svi_and_gets_no_elbo_gradient():
-    guide = AutoImplicit(regression)
-    svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=8))
-    state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+def test_estimator_state_is_trained_inside_svi_and_gets_no_elbo_gradient(regression_svi):
+    guide, svi, state, update = regression_svi
     before = state.mutable_state["__auto_latent_score_state"]["score"]
-    state, _ = jax.jit(svi.update)(state, X_REG, Y_REG)
+    state, _ = update(state, X_REG, Y_REG)
     after = state.mutable_state["__auto_latent_score_state"]["score"]
     assert int(after.step) == int(before.step) + guide.estimator.steps_per_update
     assert not np.allclose(jax.tree.leaves(after.params)[0], jax.tree.leaves(before.params)[0])
@@ -192,22 +198,24 @@ def test_implicit_site_whose_shape_changes_is_named():
 
     svi = SVI(model, guide, optax.adam(1e-2), ImplicitELBO(num_particles=4))
     state = svi.init(jax.random.PRNGKey(0), 3)
+    # The check runs while the step is traced, so no program is compiled.
     with pytest.raises(ValueError, match="implicit site 'v': its latent has 4 dimensions but had 3"):
-        svi.update(state, 4)
+        jax.jit(svi.update, static_argnums=1)(state, 4)
 
 
 def test_kernel_estimator_with_fewer_than_two_particles_is_named():
+    # The checks run while the step is traced, so the updates are jitted: nothing is compiled.
     guide = AutoImplicit(regression, estimator="ssge")
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=1))
     state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
     with pytest.raises(ValueError, match=r"num_particles must be >= 2 with the kernel estimator SSGE on a site without a plate \(implicit site '_auto_latent'\)"):
-        svi.update(state, X_REG, Y_REG)
+        jax.jit(svi.update)(state, X_REG, Y_REG)
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=1, estimator="stein"))
     with pytest.raises(ValueError, match="num_particles must be >= 2 with the kernel estimator Stein"):
-        svi.update(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG), X_REG, Y_REG)
+        jax.jit(svi.update)(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG), X_REG, Y_REG)
     local = SVI(standard_normal_locals, per_context_gaussian(Stein()), optax.adam(1e-2), ImplicitELBO(num_particles=1))
     with pytest.raises(ValueError, match="Stein on a site with a context .implicit site 'z'., got 1"):
-        local.update(local.init(jax.random.PRNGKey(0), CONTEXTS), CONTEXTS)
+        jax.jit(local.update)(local.init(jax.random.PRNGKey(0), CONTEXTS), CONTEXTS)
 
 
 def test_non_finite_loss_stops_with_the_step():
@@ -238,12 +246,13 @@ def test_non_finite_latent_names_the_site():
         jax.block_until_ready(jax.jit(svi.update)(state))
 
 
-def test_persistent_estimator_must_match_the_guides():
-    guide = AutoImplicit(regression)
+def test_persistent_estimator_must_match_the_guides(regression_svi):
+    guide = regression_svi[0]  # AutoImplicit(regression), already set up
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(estimator=ScoreNet(hidden=(8,))))
     state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+    # The check runs while the step is traced, so nothing is compiled.
     with pytest.raises(ValueError, match="ImplicitELBO's estimator ScoreNet cannot continue the state"):
-        svi.update(state, X_REG, Y_REG)
+        jax.jit(svi.update)(state, X_REG, Y_REG)
     # Estimators are compared by the layout of their state, not as objects: a second default
     # configuration (a fresh optax.chain, unequal as an object) continues the guide's state.
     svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(estimator=default_estimator()))
@@ -328,11 +337,23 @@ def test_stateful_equinox_module_updates_as_under_trace_elbo():
 
 
 def test_particles_mapped_or_vectorized_give_the_same_loss():
-    losses = []
+    losses, steps = [], []
     for vectorize in (True, False):
         guide = AutoImplicit(regression, estimator="stein")
         svi = SVI(regression, guide, optax.adam(1e-2), ImplicitELBO(num_particles=4, vectorize_particles=vectorize))
         state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
-        state, loss = svi.update(state, X_REG, Y_REG)
-        losses.append(float(svi.evaluate(state, X_REG, Y_REG)))
+
+        # One program for the update and the evaluation after it.
+        @jax.jit
+        def update_and_evaluate(state):
+            state, loss = svi.update(state, X_REG, Y_REG)
+            return state, loss, svi.evaluate(state, X_REG, Y_REG)
+
+        state, loss, evaluated = update_and_evaluate(state)
+        losses.append(float(evaluated))
+        steps.append((float(loss), svi.get_params(state)))
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+    # The step itself (its loss and the parameters it reaches) agrees too.
+    np.testing.assert_allclose(steps[0][0], steps[1][0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(steps[0][1]), jax.tree.leaves(steps[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
