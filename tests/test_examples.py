@@ -48,14 +48,18 @@ def test_implicit_vi_example(tmp_path):
     assert out.stat().st_size > 0
 
 
-def test_energy_model_example(tmp_path):
+def test_energy_model_example(tmp_path, capsys):
     example = load("energy_model")
+    out = tmp_path / "energy.png"
     argv = ["--steps", "300", "--num-data", "512", "--batch-size", "128", "--hidden", "32", "32",
-            "--num-samples", "256", "--langevin-steps", "300", "--step-size", "1e-2", "--out", ""]
+            "--num-samples", "256", "--langevin-steps", "300", "--step-size", "1e-2", "--out", str(out)]
     results = example.main(example.parse_args(argv))
     assert fell(results["losses"])
     # Langevin moves the uniform starting points towards the data.
     assert results["mmd2"]["langevin"] < results["mmd2"]["uniform"]
+    printed = capsys.readouterr().out
+    assert "ssm_vr fit, 300 steps" in printed and "MMD²" in printed
+    assert out.stat().st_size > 0
 
 
 TINY_AUTOENCODER = ["--steps", "150", "--chunk", "50", "--batch-size", "32", "--hidden", "32",

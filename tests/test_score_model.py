@@ -1,6 +1,3 @@
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,20 +198,3 @@ def test_langevin_bad_inputs(kwargs, error, match):
 def test_langevin_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="Langevin samples became non-finite"):
         langevin_sample(KEY, lambda x: -x, jnp.ones((3, 2)), step_size=10.0, num_steps=2000)
-
-
-# --- example ------------------------------------------------------------------------------
-
-
-def test_energy_model_example(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "examples" / "energy_model.py"
-    spec = importlib.util.spec_from_file_location("energy_model", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    out = tmp_path / "energy.png"
-    argv = ["--steps", "20", "--num-data", "200", "--num-samples", "50", "--langevin-steps", "10",
-            "--hidden", "16", "--out", str(out)]
-    example.main(example.parse_args(argv))
-    printed = capsys.readouterr().out
-    assert "ssm_vr fit, 20 steps" in printed and "MMD²" in printed
-    assert out.stat().st_size > 0
