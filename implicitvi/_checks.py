@@ -7,6 +7,8 @@ values (NaN, inf, identical rows) run only when the array is concrete, i.e. outs
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,3 +123,97 @@ def check_int_at_least(value, name: str, minimum: int, allow_none: bool = False)
 def check_positive_int(value, name: str, allow_none: bool = False) -> None:
     """An int ``>= 1``, or None with ``allow_none``."""
     check_int_at_least(value, name, 1, allow_none=allow_none)
+
+
+def check_precision(arr: jax.Array, name: str) -> None:
+    """A floating array of at least 32 bits (float16 and bfloat16 raise ``TypeError``)."""
+    if jnp.dtype(arr.dtype).itemsize < 4:
+        raise TypeError(
+            f"{name} must be float32 or float64, got dtype {arr.dtype}; "
+            f"cast it first, e.g. {name}.astype(jnp.float32)"
+        )
+
+
+@functools.cache
+def _raw_key_shape(impl: str) -> tuple:
+    del impl  # the cache key: the default implementation decides the shape
+    return tuple(jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape)
+
+
+def check_key(key, name: str = "key", allow_none: bool = False):
+    """A single PRNG key: a typed key of shape ``()`` (``jax.random.key(seed)``) or a raw
+    ``uint32`` key of the default implementation's shape, ``(2,)`` for threefry
+    (``jax.random.PRNGKey(seed)``); or None with ``allow_none``. Works on tracers (only the
+    shape and dtype are read)."""
+    if key is None and allow_none:
+        return key
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return key
+        raise ValueError(f"{name} must be a single PRNG key, got an array of keys of shape {shape}")
+    raw_shape = _raw_key_shape(str(jax.config.jax_default_prng_impl))
+    if dtype is not None and dtype == np.uint32 and tuple(shape) == raw_shape:
+        return key
+    if dtype is not None and dtype == np.uint32 and tuple(shape[-len(raw_shape) :]) == raw_shape:
+        raise ValueError(f"{name} must be a single PRNG key, got an array of keys of shape {shape}")
+    if dtype is not None:
+        got = f"an array of shape {tuple(shape)} and dtype {dtype}"
+    else:
+        got = f"{type(key).__name__} {key!r}"[:80]
+    raise TypeError(
+        f"{name} must be a PRNG key (jax.random.key(seed), or jax.random.PRNGKey(seed): uint32 "
+        f"of shape {raw_shape}), got {got}"
+    )
+
+
+def check_points(x, name: str) -> jax.Array:
+    """Row-stacked points: a floating array of shape ``(n, d)`` (shape and dtype only)."""
+    arr = as_float_array(x, name)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (num_points, dim), got shape {tuple(arr.shape)}"
+        )
+    return arr
+
+
+def check_scalar_positive(value, name: str, dtype) -> jax.Array:
+    """A scalar (array or number) as ``dtype``; when concrete, finite and ``> 0``."""
+    arr = jnp.asarray(value, dtype=dtype)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(arr.shape)}")
+    if is_concrete(arr):
+        host = float(arr)
+        if not (np.isfinite(host) and host > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {host}")
+    return arr
+
+
+def output_of(fn, name: str, *args, call: str):
+    """``jax.eval_shape(fn, *args)``: the shape and dtype of ``fn``'s output, nothing computed.
+
+    ``fn`` must be callable (``TypeError``), and an error raised while tracing it on ``args``
+    (a shape mismatch inside ``fn``, say) is re-raised as ``ValueError`` naming ``name`` and
+    ``call``, a description of the arguments, with the original error chained.
+    """
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    try:
+        return jax.eval_shape(fn, *args)
+    except Exception as err:  # any error of the user's function, re-raised naming it
+        raise ValueError(f"{name} failed when called {call}: {type(err).__name__}: {err}") from err
+
+
+def check_hidden(hidden, name: str = "hidden") -> tuple:
+    """Hidden-layer widths: a sequence (list or tuple) of ints ``>= 1``; returned as a tuple."""
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, (list, tuple)):
+        raise TypeError(
+            f"{name} must be a sequence of positive ints (layer widths, e.g. (256, 256)), "
+            f"got {type(hidden).__name__} {hidden!r}"[:200]
+        )
+    for width in hidden:
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
+            raise TypeError(f"{name} must be a sequence of positive ints, got {hidden!r}")
+        if width < 1:
+            raise ValueError(f"{name} must be a sequence of positive ints, got {hidden!r}")
+    return tuple(int(w) for w in hidden)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from implicitvi._checks import check_positive_int
+from implicitvi._checks import check_hidden
 
 __all__ = ["MLP"]
 
@@ -23,7 +23,8 @@ class MLP:
     """Multi-layer perceptron ``x ↦ W_L σ(… σ(W_1 x + b_1) …) + b_L``.
 
     Args:
-        hidden: widths of the hidden layers.
+        hidden: widths of the hidden layers, a sequence of ints ``>= 1`` (``()`` for a linear
+            map); anything else raises ``TypeError``/``ValueError`` naming ``hidden``.
         activation: elementwise nonlinearity σ. Score networks trained by score matching need a
             smooth one (their input-Jacobian is part of the loss); the default is ``jax.nn.softplus``.
         zero_output: initialise the last layer at zero, so the network starts as the zero map.
@@ -34,9 +35,9 @@ class MLP:
     zero_output: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        for width in self.hidden:
-            check_positive_int(width, "hidden width")
+        object.__setattr__(self, "hidden", check_hidden(self.hidden, "hidden"))
+        if not callable(self.activation):
+            raise TypeError(f"activation must be callable, got {type(self.activation).__name__}")
 
     def init(self, key: jax.Array, in_dim: int, out_dim: int, dtype=jnp.float32) -> list:
         """Parameters for inputs of ``in_dim`` features and outputs of ``out_dim``.

@@ -19,8 +19,8 @@ estimator returns its in-sample estimate. All functions jit and vmap; the estima
 static argument. Estimators are compared by the layout of their state (see
 :func:`state_matches`), never as objects.
 
-Input checks (dimensions, context, hyper-parameters) raise ``ValueError``/``TypeError`` when a
-function is called, including while it is traced; checks on values (NaN or inf entries, all rows
+Input checks (dimensions, context, hyper-parameters, the PRNG key, the type of the state)
+raise ``ValueError``/``TypeError`` when a function is called, including while it is traced; checks on values (NaN or inf entries, all rows
 identical) run only on concrete arrays, outside ``jit``.
 """
 
@@ -130,6 +130,15 @@ class EstimatorChecks:
         """Fit to ``samples``: one :meth:`update` unless the estimator trains iteratively."""
         return self.update(key, state, samples, context)
 
+    def _check_state(self, state, state_type: type) -> None:
+        """``TypeError`` unless ``state`` is a ``state_type`` (e.g. another estimator's state)."""
+        if not isinstance(state, state_type):
+            label = type(self).__name__
+            raise TypeError(
+                f"state must be the {state_type.__name__} that {label}.init returns, "
+                f"got {type(state).__name__} (a state of another estimator?)"
+            )
+
     def _check_samples(self, samples, context, min_rows: int = 2, context_dim: int | None = None):
         samples = _checks.check_samples(samples, "samples", min_rows=min_rows)
         _checks.check_not_degenerate(samples, "samples")
@@ -199,6 +208,7 @@ def estimate_score(
         ``(m, d)`` estimated scores (``(n, d)`` when ``queries`` is None).
     """
     est = get_estimator(estimator)
+    _checks.check_key(key)
     init_key, fit_key = jax.random.split(key)
     state = est.init(init_key, samples, context)
     state = est.fit(fit_key, state, samples, context)

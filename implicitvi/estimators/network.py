@@ -50,9 +50,10 @@ class ScoreNet(EstimatorChecks):
             semi-implicit sampler). Then :meth:`update` and :meth:`fit` need ``targets``.
         num_projections: projections per sample for the sliced objectives.
         projection: ``"gaussian"`` or ``"rademacher"`` directions for the sliced objectives.
-        hidden: hidden widths of the default MLP (softplus activations).
-        network: any object with ``init(key, in_dim, out_dim, dtype)`` and ``apply(params, x)``;
-            overrides ``hidden``.
+        hidden: hidden widths of the default MLP (softplus activations), a sequence of ints
+            ``>= 1``.
+        network: any object with ``init(key, in_dim, out_dim, dtype)`` and ``apply(params, x)``
+            methods; overrides ``hidden``.
         optimizer: an Optax ``GradientTransformation`` (default ``optax.adam(1e-3)``).
         steps_per_update: optimizer steps per :meth:`update`.
         fit_steps: optimizer steps per :meth:`fit` (used by :func:`estimate_score`).
@@ -108,7 +109,14 @@ class ScoreNet(EstimatorChecks):
                 "optimizer must be an optax.GradientTransformation, "
                 f"got {type(self.optimizer).__name__}"
             )
-        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "hidden", _checks.check_hidden(self.hidden, "hidden"))
+        if self.network is not None and not all(
+            callable(getattr(self.network, m, None)) for m in ("init", "apply")
+        ):
+            raise TypeError(
+                "network must have init(key, in_dim, out_dim, dtype) and apply(params, x) "
+                f"methods (e.g. implicitvi.nets.MLP), got {type(self.network).__name__}"
+            )
         if self.network is None:
             object.__setattr__(self, "network", MLP(self.hidden, zero_output=self.base == "normal"))
 
@@ -138,6 +146,7 @@ class ScoreNet(EstimatorChecks):
         return out - z if self.base == "normal" else out
 
     def init(self, key, samples, context=None) -> ScoreNetState:
+        _checks.check_key(key)
         samples = _checks.check_samples(samples, "samples", min_rows=1)
         context = self._check_context(context, samples.shape[0], "context")
         d = samples.shape[1]
@@ -159,7 +168,9 @@ class ScoreNet(EstimatorChecks):
             fn = functools.partial(fn, targets=targets)
         return fn(lambda z: self.apply(params, z, context), samples, key)
 
-    def _check_batch(self, state: ScoreNetState, samples, context, targets=None):
+    def _check_batch(self, key, state: ScoreNetState, samples, context, targets=None):
+        _checks.check_key(key)
+        self._check_state(state, ScoreNetState)
         samples, context = self._check_samples(
             samples, context, min_rows=1, context_dim=_dim(state)
         )
@@ -195,7 +206,7 @@ class ScoreNet(EstimatorChecks):
     def update(self, key, state: ScoreNetState, samples, context=None, *, targets=None) -> ScoreNetState:
         """``steps_per_update`` optimizer steps on ``samples`` (and ``targets`` for the
         ``"regression"`` objective), from the current parameters."""
-        samples, context, targets = self._check_batch(state, samples, context, targets)
+        samples, context, targets = self._check_batch(key, state, samples, context, targets)
 
         def step(carry, step_key):
             params, opt_state, value = self._step(*carry, samples, step_key, context, targets)
@@ -218,7 +229,7 @@ class ScoreNet(EstimatorChecks):
         evaluated, and the parameters of the best step are returned. ``loss`` in the returned
         state is that held-out value.
         """
-        samples, context, targets = self._check_batch(state, samples, context, targets)
+        samples, context, targets = self._check_batch(key, state, samples, context, targets)
         n = samples.shape[0]
         num_val = int(round(self.holdout * n))
         perm_key, val_key, key = jax.random.split(key, 3)
@@ -249,6 +260,7 @@ class ScoreNet(EstimatorChecks):
 
     def score(self, state: ScoreNetState, queries, context=None) -> jax.Array:
         """The network's ``(m, d)`` scores at ``(m, d)`` queries (and their ``(m, c)`` context)."""
+        self._check_state(state, ScoreNetState)
         queries, context = self._check_queries(state.template.shape[1], _dim(state), queries, context)
         return self.apply(state.params, queries, context)
 

@@ -61,6 +61,7 @@ class PerContext(EstimatorChecks):
 
     def update(self, key, state, samples, context=None):
         """Refit on every group from scratch; ``state`` is not used."""
+        _checks.check_key(key, allow_none=True)
         samples = _checks.check_samples(samples, "samples", min_rows=self.group_size)
         self._check_context(context, samples.shape[0], "context")
         sets = self._groups(samples, "samples", self.group_size)
@@ -68,6 +69,7 @@ class PerContext(EstimatorChecks):
 
     def score(self, state, queries, context=None) -> jax.Array:
         """``(G k', d)`` scores; group ``g`` of the queries is scored under context ``g``."""
+        self._check_state(state, getattr(self.estimator, "state_type", object))
         queries = _checks.check_samples(queries, "queries", min_rows=1)
         self._check_context(context, queries.shape[0], "context")
         num_groups = jax.tree.leaves(state)[0].shape[0]

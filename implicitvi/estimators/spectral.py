@@ -21,6 +21,10 @@ coefficients are :math:`\beta^r_j = -\frac1M\sum_m \nabla\psi_j(x_m) + \frac1M \
 x_m`, and :math:`\hat g(x) = -x + \sum_{j \le J} \beta^r_j \psi_j(x)`: the truncation drops the
 residual's high-order components, not the score's (for whitened, near-normal samples).
 
+The kernel algebra runs in units of a power of two near the bandwidth (see
+:mod:`implicitvi.estimators._kernel_common`), so samples of any magnitude the dtype holds give
+finite, correctly scaled scores.
+
 Cost: :math:`O(M^2 d + M^3)` per sample set, :math:`O(M m (d + J))` for ``m`` queries.
 """
 
@@ -33,7 +37,12 @@ import jax
 import jax.numpy as jnp
 
 from implicitvi import _checks, kernels
-from implicitvi.estimators._kernel_common import bandwidth_for, check_kernel_options
+from implicitvi.estimators._kernel_common import (
+    bandwidth_for,
+    check_kernel_options,
+    check_kernel_samples,
+    scaled,
+)
 from implicitvi.estimators.base import EstimatorChecks, register
 
 __all__ = ["SSGE", "SSGEState"]
@@ -61,7 +70,12 @@ class SSGE(EstimatorChecks):
         eta: ridge ``η ≥ 0`` added to the Gram matrix before its eigendecomposition.
         kernel: ``"rbf"`` or ``"imq"``.
         base: ``"zero"`` (the paper's estimator) or ``"normal"`` (expand ``s + x``).
+
+    Samples must be float32 or float64 (``TypeError`` otherwise); ``score`` takes an
+    :class:`SSGEState` (``TypeError`` for another estimator's state).
     """
+
+    state_type = SSGEState
 
     bandwidth: float | None = None
     num_eigen: int | None = None
@@ -82,14 +96,18 @@ class SSGE(EstimatorChecks):
 
     def update(self, key, state, samples, context=None) -> SSGEState:
         """Refit on ``(M, d)`` samples from scratch; ``state`` and ``key`` are not used."""
+        _checks.check_key(key, allow_none=True)
         samples, _ = self._check_samples(samples, context)
+        check_kernel_samples(samples)
         m = samples.shape[0]
         if self.num_eigen is not None and self.num_eigen > m:
             raise ValueError(
                 f"num_eigen must be at most the number of samples ({m}), got {self.num_eigen}"
             )
         h = bandwidth_for(self.bandwidth, samples)
-        gram, slope = kernels.gram_and_slope(self.kernel, samples, samples, h)
+        # In units of s (exact): x/s, h/s; the gradient sum comes out s times its value.
+        s, x, h_s = scaled(samples, h)
+        gram, slope = kernels.gram_and_slope(self.kernel, x, x, h_s)
         eigvals, eigvecs = jnp.linalg.eigh(gram + self.eta * jnp.eye(m, dtype=samples.dtype))
         eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]
         tol = m * eigvals[0] * jnp.finfo(samples.dtype).eps
@@ -108,9 +126,8 @@ class SSGE(EstimatorChecks):
         inv = jnp.where(keep, 1.0 / jnp.where(keep, eigvals, 1.0), 0.0)
         eigvecs = eigvecs * keep
         # Σ_m ∇ψ_j(x_m) = √M/λ_j Σ_l u_jl Σ_m ∇_{x_m} k(x_m, x_l).
-        beta = -(inv[:, None] * (eigvecs.T @ kernels.grad_sum(samples, samples, slope))) / jnp.sqrt(
-            jnp.asarray(m, samples.dtype)
-        )
+        grad_sum = kernels.grad_sum(x, x, slope) / s
+        beta = -(inv[:, None] * (eigvecs.T @ grad_sum)) / jnp.sqrt(jnp.asarray(m, samples.dtype))
         state = SSGEState(samples, h, eigvecs, inv, beta, jnp.sum(keep))
         if self.base == "normal":
             psi = self.eigenfunctions(state, samples)
@@ -119,17 +136,21 @@ class SSGE(EstimatorChecks):
 
     def eigenfunctions(self, state: SSGEState, queries: jax.Array) -> jax.Array:
         """Nyström eigenfunctions ``ψ_j`` at ``queries``; shape ``(m, J_max)``, 0 beyond ``J``."""
-        gram = kernels.gram_and_slope(self.kernel, queries, state.samples, state.bandwidth)[0]
+        self._check_state(state, SSGEState)
+        s, x, h_s = scaled(state.samples, state.bandwidth)
+        gram = kernels.gram_and_slope(self.kernel, queries / s, x, h_s)[0]
         m = state.samples.shape[0]
         return jnp.sqrt(jnp.asarray(m, queries.dtype)) * (gram @ state.eigvecs) * state.inv_eigvals
 
     def in_sample(self, state: SSGEState) -> jax.Array:
         """The ``(M, d)`` estimates at the samples themselves (= ``score(state, samples)``)."""
+        self._check_state(state, SSGEState)
         out = self.eigenfunctions(state, state.samples) @ state.beta
         return out - state.samples if self.base == "normal" else out
 
     def score(self, state: SSGEState, queries, context=None) -> jax.Array:
         """``(m, d)`` scores ``ĝ`` at ``(m, d)`` queries (the same formula in and out of sample)."""
+        self._check_state(state, SSGEState)
         queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
         out = self.eigenfunctions(state, queries) @ state.beta
         return out - queries if self.base == "normal" else out
