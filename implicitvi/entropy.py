@@ -25,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from implicitvi._checks import as_float_array
 
 __all__ = ["surrogate"]
 
@@ -38,7 +39,17 @@ def surrogate(samples: jax.Array, scores: jax.Array) -> jax.Array:
 
     Returns:
         A scalar whose φ-gradient estimates ``∇_φ H[q_φ]`` (mean over all leading axes).
+
+    Raises:
+        TypeError: ``samples`` or ``scores`` is not a floating array.
+        ValueError: they have fewer than 2 dimensions or different shapes.
     """
+    samples, scores = as_float_array(samples, "samples"), as_float_array(scores, "scores")
+    if samples.ndim < 2:
+        raise ValueError(
+            f"samples must have shape (..., n, d) with at least 2 dimensions, "
+            f"got shape {tuple(samples.shape)}"
+        )
     if samples.shape != scores.shape:
         raise ValueError(
             f"samples and scores must have the same shape, got {samples.shape} and {scores.shape}"

@@ -14,6 +14,10 @@ expectation, so they share one minimizer. :func:`regression` is the exception: i
 the samples, a per-sample target whose conditional mean given the sample is the score (the
 conditional score of a semi-implicit sampler), and takes it as the keyword ``targets``. Gradients in ``x`` are taken in forward mode
 (Jacobian-vector products); only :func:`exact` forms the Jacobian, column by column.
+
+Every objective checks, also while traced, that ``samples`` is a 2-D floating array, that
+``score_fn`` returns an array of the samples' shape, and that ``key`` is a single PRNG key where
+one is used; each raises ``ValueError``/``TypeError`` naming the argument.
 """
 
 from __future__ import annotations
@@ -23,12 +27,37 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from implicitvi._checks import check_choice, check_positive, check_positive_int
+from implicitvi._checks import (
+    check_choice,
+    check_key,
+    check_points,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = ["OBJECTIVES", "denoising", "exact", "fd_sliced", "regression", "sliced", "sliced_vr"]
 
 ScoreFn = Callable[[jax.Array], jax.Array]
 PROJECTIONS = ("gaussian", "rademacher")
+
+
+def _check_samples(samples) -> jax.Array:
+    return check_points(samples, "samples")
+
+
+def _check_scores(got: tuple, shape: tuple) -> None:
+    """``score_fn``'s output shape ``got`` must be the shape of its input (``shape``)."""
+    if tuple(got) != tuple(shape):
+        raise ValueError(
+            f"score_fn must map samples of shape {tuple(shape)} to scores of the same shape, "
+            f"got {tuple(got)}"
+        )
+
+
+def _check_required_key(key, why: str) -> None:
+    if key is None:
+        raise TypeError(f"key is required: {why}")
+    check_key(key)
 
 
 def exact(score_fn: ScoreFn, samples: jax.Array, key: jax.Array | None = None) -> jax.Array:
@@ -41,11 +70,13 @@ def exact(score_fn: ScoreFn, samples: jax.Array, key: jax.Array | None = None) -
     ``key`` is accepted and ignored so that all objectives share one signature.
     """
     del key
+    samples = _check_samples(samples)
     n, d = samples.shape
     basis = jnp.broadcast_to(jnp.eye(d, dtype=samples.dtype)[:, None, :], (d, n, d))
     scores, columns = jax.vmap(lambda e: jax.jvp(score_fn, (samples,), (e,)), out_axes=(None, 0))(
         basis
     )
+    _check_scores(scores.shape, samples.shape)
     # columns[k, i] = ∂s(x_i)/∂x_k, so the trace picks entry k of column k.
     trace = jnp.einsum("kik->i", columns)
     return jnp.mean(0.5 * jnp.sum(scores**2, axis=-1) + trace)
@@ -60,11 +91,12 @@ def _projections(key, shape, dtype, projection: str) -> jax.Array:
 
 def _sliced_terms(score_fn, samples, key, num_projections, projection):
     """Scores ``(n, d)``, projections ``(M, n, d)`` and the ``vᵀ ∇s v`` terms ``(M, n)``."""
-    if key is None:
-        raise TypeError("key is required: sliced objectives draw random projections")
+    samples = _check_samples(samples)
+    _check_required_key(key, "sliced objectives draw random projections")
     check_positive_int(num_projections, "num_projections")
     v = _projections(key, (num_projections, *samples.shape), samples.dtype, projection)
     scores, jvps = jax.vmap(lambda t: jax.jvp(score_fn, (samples,), (t,)), out_axes=(None, 0))(v)
+    _check_scores(scores.shape, samples.shape)
     return scores, v, jnp.sum(v * jvps, axis=-1)
 
 
@@ -118,11 +150,13 @@ def denoising(
     Its minimizer is the score of the *smoothed* density :math:`p * \mathcal{N}(0, \sigma^2 I)`,
     which tends to that of :math:`p` as :math:`\sigma \to 0` (at a growing variance).
     """
-    if key is None:
-        raise TypeError("key is required: the denoising objective draws noise")
+    samples = _check_samples(samples)
+    _check_required_key(key, "the denoising objective draws noise")
     check_positive(sigma, "sigma")
     eps = jax.random.normal(key, samples.shape, samples.dtype)
-    residual = score_fn(samples + sigma * eps) + eps / sigma
+    scores = score_fn(samples + sigma * eps)
+    _check_scores(scores.shape, samples.shape)
+    residual = scores + eps / sigma
     return 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
 
 
@@ -148,13 +182,14 @@ def fd_sliced(
     Only two evaluations of ``s`` per direction, batched in one call, and no Jacobian-vector
     product: cheaper than :func:`sliced` per step.
     """
-    if key is None:
-        raise TypeError("key is required: sliced objectives draw random projections")
+    samples = _check_samples(samples)
+    _check_required_key(key, "sliced objectives draw random projections")
     check_positive_int(num_projections, "num_projections")
     check_positive(eps, "eps")
     v = eps * _projections(key, (num_projections, *samples.shape), samples.dtype, projection)
     shifted = jnp.concatenate([samples[None] + v, samples[None] - v])
     out = jax.vmap(score_fn)(shifted)
+    _check_scores(out.shape[1:], samples.shape)
     a = jnp.sum(jnp.concatenate([v, v]) * out, axis=-1)
     a_plus, a_minus = a[:num_projections], a[num_projections:]
     return jnp.mean(0.5 * (a_plus - a_minus) + 0.125 * (a_plus + a_minus) ** 2) / eps**2
@@ -185,12 +220,15 @@ def regression(
         targets: ``(n, d)`` the conditional score at each draw.
     """
     del key
+    samples = _check_samples(samples)
     targets = jnp.asarray(targets)
     if targets.shape != samples.shape:
         raise ValueError(
             f"targets must have the shape of samples {samples.shape}, got {targets.shape}"
         )
-    residual = score_fn(samples) - jax.lax.stop_gradient(targets)
+    scores = score_fn(samples)
+    _check_scores(scores.shape, samples.shape)
+    residual = scores - jax.lax.stop_gradient(targets)
     return 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
 
 
