@@ -46,6 +46,7 @@ from implicitvi._checks import (
     check_finite,
     check_in_range,
     check_int_at_least,
+    check_key,
     is_concrete,
 )
 
@@ -360,10 +361,11 @@ def binarize(key: jax.Array, images: jax.Array) -> jax.Array:
         an array of ``images``' shape and dtype with values in ``{0, 1}``.
 
     Raises:
-        TypeError: if ``images`` is not a floating array.
+        TypeError: if ``images`` is not a floating array or ``key`` is not a PRNG key.
         ValueError: if concrete ``images`` hold NaN, inf or values outside ``[0, 1]`` (the checks
             are skipped under ``jit``, where values are not known).
     """
+    check_key(key)
     images = as_float_array(images, "images")
     if is_concrete(images):
         check_finite(images, "images")

@@ -8,6 +8,7 @@ against the model's unnormalized posterior, which needs only the model's score.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import jax
@@ -62,9 +63,16 @@ def to_inference_data(
             included).
         num_samples: posterior draws.
         coords, dims: ArviZ coordinates and dimension names, as in ``az.from_dict``.
+
+    Raises:
+        TypeError: ``params`` is not a dict or ``key`` is not a PRNG key.
+        ValueError: ``params`` lacks some of the guide's parameters (the parameters of another
+            guide, say: the guide would otherwise draw from freshly initialised ones).
     """
     _checks.check_positive_int(num_samples, "num_samples")
+    _checks.check_key(key)
     model_kwargs = {} if model_kwargs is None else model_kwargs
+    _check_guide_params(guide, params, model_args, model_kwargs)
     seeded = handlers.seed(model, jax.random.PRNGKey(0))
     model_trace = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
     observed = {
@@ -102,6 +110,25 @@ def to_inference_data(
     if _arviz_major() >= 1:
         return az.from_dict(groups, coords=coords, dims=dims)
     return az.from_dict(**groups, coords=coords, dims=dims)
+
+
+def _check_guide_params(guide, params, model_args, model_kwargs) -> None:
+    """``params`` must name every parameter the guide declares (one trace of the guide)."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"params must be a dict of the guide's parameters (e.g. svi_result.params), "
+            f"got {type(params).__name__}"
+        )
+    seeded = handlers.seed(guide, jax.random.PRNGKey(0))
+    trace = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
+    wanted = {name for name, site in trace.items() if site["type"] == "param"}
+    missing = sorted(wanted - set(params))
+    if missing:
+        raise ValueError(
+            f"params must hold the guide's parameters, but {missing} are missing (params has "
+            f"{sorted(params)}): pass the parameters this guide was fitted with, e.g. "
+            "svi.get_params(svi_state) or svi_result.params"
+        )
 
 
 def unconstrained_score(model, model_args: tuple = (), model_kwargs: dict | None = None):
@@ -160,6 +187,11 @@ def kernel_stein_discrepancy(
             the samples.
         bandwidth: ``h > 0``; beta: the IMQ exponent in ``(−1, 0)``.
 
+    Raises:
+        ValueError: bad shapes or values (named); on concrete arrays, a discrepancy that
+            overflows the dtype (samples or scores of magnitude near the square root of its
+            largest number), instead of returning NaN or inf.
+
     Cost: :math:`O(n^2 d)` time, :math:`O(n^2)` memory.
     """
     x = _checks.check_samples(samples, "samples")
@@ -183,7 +215,15 @@ def kernel_stein_discrepancy(
         4.0 * beta * (beta - 1.0) / h2**2
     ) * base ** (beta - 2.0) * r2
     stein = (s @ s.T) * k - g * sx_diff + g * sy_diff + trace
-    return jnp.sqrt(jnp.maximum(jnp.mean(stein), 0.0))
+    ksd = jnp.sqrt(jnp.maximum(jnp.mean(stein), 0.0))
+    if _checks.is_concrete(ksd) and not np.isfinite(float(ksd)):
+        raise ValueError(
+            f"samples and score are too large for {x.dtype}: the kernel Stein discrepancy "
+            f"overflowed (largest |samples| {float(jnp.max(jnp.abs(x))):.3g}, largest |score| "
+            f"{float(jnp.max(jnp.abs(s))):.3g}, bandwidth {bandwidth}); rescale them or pass "
+            "float64 arrays"
+        )
+    return ksd
 
 
 def moment_errors(samples, reference) -> dict:

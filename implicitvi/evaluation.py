@@ -54,9 +54,11 @@ from implicitvi._checks import (
     as_float_array,
     check_finite,
     check_in_range,
+    check_key,
     check_positive,
     check_positive_int,
     is_concrete,
+    output_of,
 )
 
 __all__ = [
@@ -205,10 +207,14 @@ def ais_log_likelihood(
         TypeError: a count is not an int, a number is not a number, ``x`` is not a real
             array, ``log_likelihood_fn`` is not callable or returns a non-floating value.
         ValueError: ``x`` has fewer than 2 dimensions, no rows or non-finite values;
-            ``log_likelihood_fn`` does not return a scalar; a count is below 1; the schedule is
+            ``log_likelihood_fn`` does not return a scalar or fails on a latent of shape
+            ``(latent_dim,)`` and a row of ``x``; a count is below 1; the schedule is
             not ``T >= 2`` increasing temperatures from 0 to 1; ``step_size`` lies outside
-            ``step_size_bounds``; ``target_acceptance`` is not in ``(0, 1)``.
+            ``step_size_bounds``; ``target_acceptance`` is not in ``(0, 1)``; an estimate came
+            out NaN or +inf (``log_likelihood_fn`` returned NaN or +inf along a chain), checked
+            after the run on concrete results.
     """
+    check_key(key)
     x, dtype = _check_data(x)
     check_positive_int(latent_dim, "latent_dim")
     _check_log_likelihood_fn(log_likelihood_fn, latent_dim, x, dtype)
@@ -231,7 +237,9 @@ def ais_log_likelihood(
     settings = tuple(
         jnp.asarray(v, dtype) for v in (step_size, target_acceptance, step_size_bounds)
     )
-    return _map_rows(batch_fn, key, (x,), (betas, *settings), batch_size)
+    result = _map_rows(batch_fn, key, (x,), (betas, *settings), batch_size)
+    _check_estimates(result.log_likelihood)
+    return result
 
 
 @partial(
@@ -369,9 +377,11 @@ def iwae_log_likelihood(
         ValueError: ``x`` has fewer than 2 dimensions, no rows or non-finite values; ``loc`` is
             not ``(n, latent_dim)`` with the rows of ``x``; ``scale`` has neither accepted shape,
             is not lower-triangular or has non-positive diagonal entries; an array has
-            non-finite values; ``log_likelihood_fn`` does not return a scalar; a count is
-            below 1.
+            non-finite values; ``log_likelihood_fn`` does not return a scalar or fails on a
+            latent and a row of ``x``; a count is below 1; an estimate came out NaN or +inf
+            (checked after the run on concrete results).
     """
+    check_key(key)
     x, _ = _check_data(x)
     loc = as_float_array(loc, "loc")
     if loc.ndim != 2 or loc.shape[0] != x.shape[0] or loc.shape[1] < 1:
@@ -386,7 +396,9 @@ def iwae_log_likelihood(
     check_positive_int(batch_size, "batch_size")
 
     batch_fn = partial(_iwae_batch, log_likelihood_fn=log_likelihood_fn, num_samples=num_samples)
-    return _map_rows(batch_fn, key, (x, loc, scale_tril), (), batch_size)
+    result = _map_rows(batch_fn, key, (x, loc, scale_tril), (), batch_size)
+    _check_estimates(result.log_likelihood)
+    return result
 
 
 @partial(jax.jit, static_argnames=("log_likelihood_fn", "num_samples"))
@@ -502,11 +514,27 @@ def _check_data(x) -> tuple[jax.Array, jnp.dtype]:
     return arr, arr.dtype if floating else jnp.result_type(float)
 
 
+def _check_estimates(log_likelihood) -> None:
+    """NaN or +inf estimates come from a log-likelihood that returned NaN or +inf (-inf is a
+    legitimate estimate: a row of zero likelihood)."""
+    host = np.asarray(log_likelihood)
+    bad = np.flatnonzero(np.isnan(host) | (host == np.inf))
+    if bad.size:
+        rows = bad[:10].tolist()
+        raise ValueError(
+            f"log_likelihood_fn returned NaN or +inf: the estimates of rows {rows}"
+            f"{' ...' if bad.size > 10 else ''} of x are {host[bad[0]]}; check it for log(0), "
+            "0/0 or overflow"
+        )
+
+
 def _check_log_likelihood_fn(fn, latent_dim, x, dtype) -> None:
-    if not callable(fn):
-        raise TypeError(f"log_likelihood_fn must be callable, got {type(fn).__name__}")
-    out = jax.eval_shape(
-        fn, jax.ShapeDtypeStruct((latent_dim,), dtype), jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+    out = output_of(
+        fn,
+        "log_likelihood_fn",
+        jax.ShapeDtypeStruct((latent_dim,), dtype),
+        jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+        call=f"as fn(z, x_row) on z of shape ({latent_dim},) and x_row of shape {x.shape[1:]}",
     )
     if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != ():
         shape = getattr(out, "shape", type(out).__name__)

@@ -66,13 +66,17 @@ def model_score(
 def _check_model_output(model, params, batch, kind) -> None:
     """Check, without running it, that ``model`` maps a batch to the shape ``kind`` needs."""
     n, d = batch.shape
-    out = jax.eval_shape(model, params, batch)
+    out = _checks.output_of(
+        model, "model", params, batch, call=f"as model(params, x) on x of shape {(n, d)}"
+    )
     expected = [(n,), (n, 1)] if kind == "energy" else [(n, d)]
     if not hasattr(out, "shape") or tuple(out.shape) not in expected:
         got = tuple(out.shape) if hasattr(out, "shape") else type(out).__name__
         want = " or ".join(str(s) for s in expected)
+        article = "an" if kind == "energy" else "a"
         raise ValueError(
-            f"a {kind} model must map a batch of shape {(n, d)} to shape {want}, got {got}"
+            f"model: {article} {kind} model must map a batch of shape {(n, d)} to shape {want}, "
+            f"got {got}"
         )
 
 
@@ -146,6 +150,7 @@ def score_matching_loss(
         ValueError, TypeError: as :func:`fit_score_model`, for ``data``, ``kind``,
             ``objective``, its options and the model's output shape.
     """
+    _checks.check_key(key, allow_none=True)
     data, loss = _checked_loss(model, data, kind, objective, objective_options)
     _check_model_output(model, params, data, kind)
     return loss(params, data, key)
@@ -215,12 +220,13 @@ def fit_score_model(
     Raises:
         ValueError: ``data`` not 2-D or with NaN/inf, unknown ``objective`` or ``kind``,
             ``batch_size`` outside ``[1, n]``, ``num_steps < 1``, or a model output of the
-            wrong shape.
-        TypeError: non-float ``data``, an option the objective does not take, or a non-Optax
-            ``optimizer``.
+            wrong shape (or a model that fails on a batch of the data).
+        TypeError: non-float ``data``, an option the objective does not take, a non-Optax
+            ``optimizer``, or a ``key`` that is not a PRNG key.
         FloatingPointError: the loss (or, after the last step, a parameter) became non-finite;
             the message names the step.
     """
+    _checks.check_key(key)
     data, loss = _checked_loss(model, data, kind, objective, objective_options)
     n = data.shape[0]
     _checks.check_positive_int(num_steps, "num_steps")
@@ -301,12 +307,15 @@ def langevin_sample(
         ValueError: ``init`` not 2-D or not finite, ``step_size`` not positive,
             ``num_steps < 1``, ``sigmas`` not positive and 1-D, or ``score_fn`` output of the
             wrong shape.
+        TypeError: ``key`` is not a PRNG key or ``score_fn`` is not callable.
         FloatingPointError: the chain diverged (non-finite points); lower ``step_size``.
     """
+    _checks.check_key(key)
     init = _checks.check_samples(init, "init", min_rows=1)
     _checks.check_positive(step_size, "step_size")
     _checks.check_positive_int(num_steps, "num_steps")
-    if sigmas is None:
+    annealed = sigmas is not None
+    if not annealed:
         sigmas = np.ones((1,), init.dtype)
         score_args = lambda x, sigma: (x,)  # noqa: E731
     else:
@@ -318,7 +327,12 @@ def langevin_sample(
             raise ValueError(f"sigmas must be finite and > 0, got {sigmas}")
         sigmas = sigmas.astype(init.dtype)
         score_args = lambda x, sigma: (x, sigma)  # noqa: E731
-    out = jax.eval_shape(score_fn, *score_args(init, jax.ShapeDtypeStruct((), init.dtype)))
+    out = _checks.output_of(
+        score_fn,
+        "score_fn",
+        *score_args(init, jax.ShapeDtypeStruct((), init.dtype)),
+        call=f"on x of shape {tuple(init.shape)}" + (" and a scalar sigma" if annealed else ""),
+    )
     if getattr(out, "shape", None) != init.shape:
         got = getattr(out, "shape", type(out).__name__)
         raise ValueError(
