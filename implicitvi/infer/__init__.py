@@ -3,6 +3,7 @@ minibatch training with checkpoints."""
 
 from implicitvi.infer.autoguide import AutoImplicit
 from implicitvi.infer.elbo import ImplicitELBO
+from implicitvi.infer.nonfinite import floating_point_errors
 from implicitvi.infer.primitives import implicit_sample
 from implicitvi.infer.semi_implicit import AutoSemiImplicit
 from implicitvi.infer.training import TrainResult, load_checkpoint, run_minibatch, save_checkpoint
@@ -12,6 +13,7 @@ __all__ = [
     "AutoSemiImplicit",
     "ImplicitELBO",
     "TrainResult",
+    "floating_point_errors",
     "implicit_sample",
     "load_checkpoint",
     "run_minibatch",

@@ -5,19 +5,25 @@ that costs one predicate while everything is finite; on a failing step a host ca
 ``FloatingPointError`` with the message. Under a user's own ``jit`` that surfaces as JAX's
 runtime error (:data:`JIT_ERRORS`), whose text carries the message; where this library runs the loop
 (:func:`~implicitvi.infer.run_minibatch`), :func:`reraise` turns it back into the
-``FloatingPointError`` itself.
+``FloatingPointError`` itself, and around a loop of the user's own (``svi.run``)
+:func:`floating_point_errors` does the same.
+
+JAX logs every exception raised in a host callback with its traceback; for the guard's own
+``FloatingPointError``, which reaches the caller anyway, that log record is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["JIT_ERRORS", "guard", "reraise"]
+__all__ = ["JIT_ERRORS", "floating_point_errors", "guard", "reraise"]
 
 JIT_ERRORS = (getattr(jax.errors, "JaxRuntimeError", RuntimeError), ValueError)
 """What a :func:`guard` failing under ``jit`` reaches the caller as: JAX's runtime error, or a
@@ -32,6 +38,7 @@ def _fail(where: str, names: tuple[str, ...], advice: str, dtype, step, *flags):
         return np.zeros((), dtype)
     bad = ", ".join(n for n, f in zip(names, flags) if not bool(f))
     err = FloatingPointError(f"{where}: {bad} became non-finite at step {int(step)}; {advice}")
+    err.from_guard = True  # for _QuietGuard
     with _lock:
         _raised[:] = [err]
     raise err
@@ -71,3 +78,29 @@ def reraise(err: Exception) -> None:
         _raised.clear()
     if raised and str(raised[0]) in str(err):
         raise raised[0] from err
+
+
+@contextlib.contextmanager
+def floating_point_errors():
+    """Inside this context a :func:`guard` that fails under ``jit`` raises its
+    ``FloatingPointError`` instead of JAX's runtime error, e.g.::
+
+        with floating_point_errors():
+            result = svi.run(key, num_steps, data)
+    """
+    try:
+        yield
+    except JIT_ERRORS as err:
+        reraise(err)
+        raise
+
+
+class _QuietGuard(logging.Filter):
+    """Drop JAX's log record of a callback that raised a guard's ``FloatingPointError``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        return not getattr(err, "from_guard", False)
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietGuard())

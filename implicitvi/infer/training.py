@@ -13,8 +13,10 @@ function of ``(seed, e)`` only, so a resumed run sees the batches an uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import zipfile
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -33,13 +35,35 @@ class TrainResult(NamedTuple):
     losses: np.ndarray  # (num_steps,) loss of every step, resumed steps included
 
 
+def _check_checkpoint_path(path) -> None:
+    """``path`` names a file in an existing, writable directory (checked before any step runs)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"checkpoint must be a path (str or os.PathLike), got {type(path).__name__}"
+        )
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {os.fspath(path)!r} is a directory; name a file in it")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"checkpoint {os.fspath(path)!r}: directory {directory!r} does not exist; create it "
+            "first"
+        )
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(
+            f"checkpoint {os.fspath(path)!r}: directory {directory!r} is not writable"
+        )
+
+
 def save_checkpoint(path, state, losses, config: dict) -> None:
     """Write ``state`` (any pytree of arrays), the loss history and ``config`` to ``path``.
 
     ``config`` must be JSON-serialisable; it is what :func:`load_checkpoint` compares. The file
     is written to a temporary name first and renamed, so an interrupted write leaves the previous
-    checkpoint intact.
+    checkpoint intact. ``path`` must lie in an existing, writable directory
+    (``FileNotFoundError``/``PermissionError`` otherwise).
     """
+    _check_checkpoint_path(path)
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     tmp = f"{path}.tmp.npz"
@@ -51,13 +75,13 @@ def load_checkpoint(path, like, config: dict):
     """Read a checkpoint written by :func:`save_checkpoint` into the structure of ``like``.
 
     Returns ``(state, losses)``. Raises ``FileNotFoundError`` if ``path`` is missing and
-    ``ValueError`` if the file was written for another configuration (naming the entries that
+    ``ValueError`` if the file is not a checkpoint (not an ``.npz`` archive with a configuration
+    and a loss history), was written for another configuration (naming the entries that
     differ) or its arrays do not fit ``like``'s leaves.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; run without resume first")
-    with np.load(path, allow_pickle=False) as f:
-        saved = json.loads(str(f["config"]))
+    with _open_checkpoint(path) as (f, saved):
         wanted = json.loads(json.dumps(config, sort_keys=True))
         if saved != wanted:
             keys = sorted(set(saved) | set(wanted))
@@ -83,6 +107,30 @@ def load_checkpoint(path, like, config: dict):
         return jax.tree_util.tree_unflatten(treedef, restored), np.array(f["losses"])
 
 
+@contextlib.contextmanager
+def _open_checkpoint(path):
+    """``(NpzFile, its parsed config)`` for the checkpoint at ``path``; ``ValueError`` naming
+    ``path`` for any file :func:`save_checkpoint` did not write."""
+    not_checkpoint = f"checkpoint {path!r} is not a checkpoint written by save_checkpoint"
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{not_checkpoint} (it cannot be read as an .npz archive: {err})") from err
+    if getattr(f, "files", None) is None:  # np.load gave the array of an .npy file
+        raise ValueError(f"{not_checkpoint} (it holds a single array, not an .npz archive)")
+    with f:
+        missing = [k for k in ("config", "losses") if k not in f.files]
+        if missing:
+            raise ValueError(f"{not_checkpoint} (it has no {' or '.join(missing)} entry)")
+        try:
+            config = json.loads(str(f["config"]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{not_checkpoint} (its config is not JSON: {err})") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{not_checkpoint} (its config is not a dict)")  # noqa: TRY004
+        yield f, config
+
+
 def _epoch_indices(seed: int, num_data: int, batch_size: int, start: int, count: int) -> np.ndarray:
     """Indices of the batches of steps ``start .. start + count - 1``, shape (count, batch_size)."""
     per_epoch = num_data // batch_size
@@ -94,6 +142,19 @@ def _epoch_indices(seed: int, num_data: int, batch_size: int, start: int, count:
             perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_data)
         rows.append(perms[epoch][position * batch_size : (position + 1) * batch_size])
     return np.stack(rows)
+
+
+def _check_data_finite(data: jax.Array) -> None:
+    """Floating ``data`` must be finite: a NaN row would otherwise surface steps later as a
+    non-finite loss."""
+    if jnp.issubdtype(data.dtype, jnp.floating) and _checks.is_concrete(data):
+        host = np.asarray(data).reshape(data.shape[0], -1)
+        bad = np.flatnonzero(~np.all(np.isfinite(host), axis=1))
+        if bad.size:
+            raise ValueError(
+                f"data contains NaN or inf values in {bad.size} of its {data.shape[0]} rows "
+                f"(the first is row {bad[0]}); remove or impute them before training"
+            )
 
 
 def run_minibatch(
@@ -135,10 +196,15 @@ def run_minibatch(
         :class:`TrainResult` ``(state, losses)``.
 
     Raises:
-        ValueError / TypeError: bad sizes or a checkpoint from another configuration.
+        ValueError / TypeError: bad sizes, a key that is not a PRNG key, floating ``data`` with
+            NaN or inf entries (naming the first such row), or a checkpoint from another
+            configuration.
+        FileNotFoundError / PermissionError: the checkpoint's directory does not exist or is not
+            writable (checked before the first step).
         FloatingPointError: a step's loss (or, under :class:`~implicitvi.infer.ImplicitELBO`,
             a latent or score) became non-finite; the message names the step and the quantity.
     """
+    _checks.check_key(key)
     _checks.check_positive_int(num_steps, "num_steps")
     _checks.check_positive_int(batch_size, "batch_size")
     _checks.check_positive_int(chunk_size, "chunk_size")
@@ -148,10 +214,13 @@ def run_minibatch(
             f"batch_size must be at most the number of data rows, got {batch_size} for data of "
             f"shape {tuple(data.shape)}"
         )
+    _check_data_finite(data)
     if checkpoint_every is not None:
         _checks.check_positive_int(checkpoint_every, "checkpoint_every")
     if (resume or checkpoint_every is not None) and checkpoint is None:
         raise ValueError("resume and checkpoint_every need a checkpoint path")
+    if checkpoint is not None:
+        _check_checkpoint_path(checkpoint)
     config = dict(config or {})
     init_key, order_key, transform_key = jax.random.split(key, 3)
     seed = int(jax.random.randint(order_key, (), 0, 2**31 - 1))
