@@ -53,7 +53,8 @@ import numpy as np
 import numpyro
 import optax
 from common import markdown_table, table, write_json
-from models import GUIDES, LABELS, MODELS, ModelSpec, make_guide_and_elbo
+from models import GUIDES, LABELS, MODELS, ModelSpec, make_guide_and_elbo, make_steinvi
+from numpyro.contrib.einstein import MixtureGuidePredictive
 from numpyro.infer import MCMC, NUTS, SVI
 from numpyro.infer.initialization import init_to_median
 
@@ -119,21 +120,41 @@ def latent_sites(model, args):
     return [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
 
 
-def fit_guide(m, guide_name, cfg, lr, seed) -> dict:
-    spec, args = m["spec"], m["args"]
+def run_svi(spec, args, guide_name, cfg, lr, seed):
+    """Fit by SVI; ``(losses, draws)``."""
     guide, elbo = make_guide_and_elbo(guide_name, spec.model, cfg.particles)
     svi = SVI(spec.model, guide, optax.adam(lr), elbo)
+    try:
+        result = svi.run(jax.random.PRNGKey(seed), cfg.steps, *args, progress_bar=False)
+        losses = np.asarray(jax.block_until_ready(result.losses))
+    except nonfinite.JIT_ERRORS as err:
+        nonfinite.reraise(err)  # ImplicitELBO's guard: a FloatingPointError naming the step
+        raise
+    draws = guide.sample_posterior(
+        jax.random.PRNGKey(10_000 + seed), result.params, *args, sample_shape=(cfg.draws,))
+    return losses, draws
+
+
+def run_steinvi(spec, args, sites, cfg, lr, seed):
+    """Fit by NumPyro's SteinVI (:func:`models.make_steinvi`); ``(losses, draws)``."""
+    stein, guide = make_steinvi(spec.model, cfg.particles, lr)
+    result = stein.run(jax.random.PRNGKey(seed), cfg.steps, *args, progress_bar=False)
+    losses = np.asarray(jax.block_until_ready(result.losses))
+    predictive = MixtureGuidePredictive(spec.model, guide, result.params,
+                                        guide_sites=stein.guide_sites, num_samples=cfg.draws,
+                                        return_sites=sites)
+    return losses, predictive(jax.random.PRNGKey(10_000 + seed), *args)
+
+
+def fit_guide(m, guide_name, cfg, lr, seed) -> dict:
+    spec, args = m["spec"], m["args"]
     row = {"guide": guide_name, "seed": seed, "lr": lr, "error": None}
     start = time.perf_counter()
     try:
-        try:
-            result = svi.run(jax.random.PRNGKey(seed), cfg.steps, *args, progress_bar=False)
-            losses = np.asarray(jax.block_until_ready(result.losses))
-        except nonfinite.JIT_ERRORS as err:
-            nonfinite.reraise(err)  # ImplicitELBO's guard: a FloatingPointError naming the step
-            raise
-        draws = guide.sample_posterior(
-            jax.random.PRNGKey(10_000 + seed), result.params, *args, sample_shape=(cfg.draws,))
+        if guide_name == "steinvi":
+            losses, draws = run_steinvi(spec, args, m["sites"], cfg, lr, seed)
+        else:
+            losses, draws = run_svi(spec, args, guide_name, cfg, lr, seed)
         latent = {k: v for k, v in draws.items() if k in m["sites"]}
         u = np.asarray(jax.block_until_ready(m["to_u"](latent)))
     except Exception as exc:  # noqa: BLE001 (a failed run is a result, not a crash)
@@ -245,11 +266,16 @@ def main(argv=None) -> dict:
             blocks.append(block)
             tables[f"{name}_lr{lr:g}"] = block_table(block)
             print(markdown_table(**tables[f"{name}_lr{lr:g}"]), flush=True)
+            # Written after every block, so that a stopped run keeps what it finished.
+            path = write_json("posterior_accuracy", results(cfg, start, blocks, tables), cfg.json)
+    print(f"wrote {path}")
+    return results(cfg, start, blocks, tables)
+
+
+def results(cfg, start, blocks, tables) -> dict:
     settings = {k: v for k, v in vars(cfg).items() if k not in ("json", "cache_dir")}
-    out = {"settings": settings, "seconds": time.perf_counter() - start, "blocks": blocks,
-           "tables": tables}
-    print(f"wrote {write_json('posterior_accuracy', out, cfg.json)}")
-    return out
+    return {"settings": settings, "seconds": time.perf_counter() - start, "blocks": blocks,
+            "tables": tables}
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def test_kernel_estimators_ignore_the_conditional_scores():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="min_scale"):
         AutoSemiImplicit(regression, min_scale=0.8)
+    with pytest.raises(ValueError, match="network_scale"):
+        AutoSemiImplicit(regression, network_scale=0.0)
     with pytest.raises(ValueError, match="no context"):
         AutoSemiImplicit(regression, estimator=ScoreNet(conditional=True))
 
