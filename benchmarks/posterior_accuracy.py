@@ -58,7 +58,11 @@ from numpyro.contrib.einstein import MixtureGuidePredictive
 from numpyro.infer import MCMC, NUTS, SVI
 from numpyro.infer.initialization import init_to_median
 
-from implicitvi.diagnostics import kernel_stein_discrepancy, moment_errors, unconstrained_score
+from implicitvi.diagnostics import (
+    kernel_stein_discrepancy,
+    moment_errors,
+    unconstrained_score,
+)
 from implicitvi.infer import nonfinite
 
 CACHE_VERSION = 1

@@ -30,7 +30,6 @@ SIVI-SM, Yu & Zhang 2023), by a few optimizer steps of a normal-base score netwo
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpyro
 import optax
 from numpyro.infer.initialization import init_to_median
