@@ -3,6 +3,7 @@
 The runs that compile many programs (tens of seconds on two busy cores) are marked ``slow``.
 """
 
+import compare_guides
 import gaussian_score_matching
 import kernel_cost
 import posterior_accuracy
@@ -10,7 +11,7 @@ import pytest
 import score_estimation
 import ssm_density
 import step_cost
-from common import read_json
+from common import read_json, write_json
 
 
 def tables(path):
@@ -76,4 +77,31 @@ def test_step_cost(tmp_path):
     out = tmp_path / "r.json"
     step_cost.main(["--big-dim", "10", "--steps", "2", "--warmup", "1", "--particles", "2",
                     "--json", str(out)])
-    assert [r[1] for r in tables(out)["step_cost"]["rows"]] == ["103"] * 3 + ["13"] * 3
+    n = len(step_cost.CONFIGS)
+    assert [r[1] for r in tables(out)["step_cost"]["rows"]] == ["103"] * n + ["13"] * n
+
+
+def test_compare_guides_picks_the_best_baseline_per_metric_and_rate(tmp_path):
+    def runs(guide, lr, mean, sd, error=None):
+        return [{"guide": guide, "lr": lr, "seed": i, "error": error, "non_finite": error is not None,
+                 **({} if error else {"mean_err": m, "sd_err": s})} for i, (m, s) in enumerate(zip(mean, sd))]
+
+    blocks = [
+        {"model": "m", "lr": 0.01, "guides": {
+            "mvn": runs("mvn", 0.01, [0.3, 0.1, 0.2], [0.5, 0.5, 0.5]),
+            "iaf": runs("iaf", 0.01, [0.4, 0.4, 0.4], [0.2, 0.3, 0.1]),
+            "implicit-ssm": runs("implicit-ssm", 0.01, [0.0] * 3, [0.0] * 3)}},  # not a baseline
+        {"model": "m", "lr": 0.001, "guides": {"mvn": runs("mvn", 0.001, [0.05] * 3, [0.9] * 3)}},
+    ]
+    first = write_json("posterior_accuracy", {"blocks": blocks}, tmp_path / "a.json")
+    ours = [{"model": "m", "lr": 0.01, "guides": {
+        "semi-implicit": runs("semi-implicit", 0.01, [0.15, 0.25, 0.35], [0.1] * 3)
+        + runs("semi-implicit", 0.01, [0.0], [0.0], error="FloatingPointError: x")}}]
+    second = write_json("posterior_accuracy", {"blocks": ours}, tmp_path / "b.json")
+    out = tmp_path / "c.json"
+    compare_guides.main([str(first), str(second), "--json", str(out)])
+    t = tables(out)
+    assert t["lr0.01"]["rows"] == [["m", "0.200 (AutoMultivariateNormal)", "0.250",
+                                    "0.200 (AutoIAFNormal)", "0.100", "1/4"]]
+    assert t["best_rate"]["rows"] == [["m", "0.050 (AutoMultivariateNormal)", "0.250",
+                                       "0.200 (AutoIAFNormal)", "0.100"]]

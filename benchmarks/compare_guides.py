@@ -1,0 +1,129 @@
+r"""One guide against the best of the others, model by model, from posterior-accuracy results.
+
+Reads results files of ``posterior_accuracy.py`` (their runs, or for a file that kept only its
+tables, the tables' medians; a later file's guide replaces an earlier file's same guide at the
+same model and learning rate) and writes one table per
+learning rate, and one of each guide at its better rate (per metric, the lower median over the
+rates): for every model, the best baseline's median mean error and median log-sd error
+over seeds (each metric's best taken separately, the guide named), and the chosen guide's, with
+its count of non-finite runs. Baselines are the guides that are not from this library (NumPyro's
+autoguides and SteinVI). A model or rate without the chosen guide's runs is left out.
+
+Usage::
+
+    python benchmarks/compare_guides.py --guide semi-implicit \
+        results/posterior_accuracy.json results/posterior_accuracy_more_models.json ... \
+        --json results/guide_comparison.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from common import read_json, table, write_json
+from models import LABELS
+
+BASELINES = ("normal", "mvn", "iaf", "bnaf", "dais", "steinvi")
+METRICS = ("mean_err", "sd_err")
+
+
+def summarize(rows) -> dict:
+    """A guide's runs at one model and rate: medians over its finished seeds, non-finite count."""
+    out = {}
+    for metric in METRICS:
+        ok = [r[metric] for r in rows if r.get(metric) is not None and r.get("error") is None]
+        out[metric] = float(np.median(ok)) if ok else None
+    bad = sum(bool(r.get("non_finite")) or r.get("error") is not None for r in rows)
+    out["non_finite"] = f"{bad}/{len(rows)}"
+    return out
+
+
+def from_tables(tables) -> dict:
+    """Summaries read back from rendered tables (results files that kept only their tables)."""
+    names = {label: name for name, label in LABELS.items()}
+    out: dict = {}
+    for key, tbl in tables.items():
+        model, lr = key.rsplit("_lr", 1)
+        for label, mean, sd, _ksd, bad in tbl["rows"]:
+            if label in names:
+                out.setdefault((model, float(lr)), {})[names[label]] = {
+                    "mean_err": None if mean == "—" else float(mean),
+                    "sd_err": None if sd == "—" else float(sd), "non_finite": bad}
+    return out
+
+
+def collect(paths) -> dict:
+    """``{(model, lr): {guide: summary}}``, later files replacing earlier ones per guide."""
+    runs: dict = {}
+    for path in paths:
+        results = read_json(path)["results"]
+        if "blocks" in results:
+            found = {(b["model"], b["lr"]): {g: summarize(r) for g, r in b["guides"].items()}
+                     for b in results["blocks"]}
+        else:
+            found = from_tables(results["tables"])
+        for key, guides in found.items():
+            runs.setdefault(key, {}).update(guides)
+    return runs
+
+
+def row_of(model, guides, guide) -> list:
+    """``model``, then per metric the best baseline (named) and ``guide``, then its non-finite
+    count."""
+    row = [model]
+    for metric in METRICS:
+        scored = [(g[metric], name) for name, g in guides.items()
+                  if name in BASELINES and g[metric] is not None]
+        best = min(scored) if scored else None
+        row.append("—" if best is None else f"{best[0]:.3f} ({LABELS[best[1]]})")
+        ours = guides[guide][metric]
+        row.append("—" if ours is None else f"{ours:.3f}")
+    return row + [guides[guide]["non_finite"]]
+
+
+def compare(runs: dict, guide: str) -> dict:
+    """Tables by learning rate, ``lr<lr>``."""
+    rows_by_lr: dict = {}
+    for (model, lr), guides in sorted(runs.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        if guide not in guides:
+            continue
+        row = row_of(model, guides, guide)
+        rows_by_lr.setdefault(lr, []).append(row)
+    # Each guide at its better rate: per model and metric, the lowest median over the rates.
+    models = {model for (model, _), guides in runs.items() if guide in guides}
+    by_model: dict = {}
+    for (model, _), guides in runs.items():
+        for name, g in guides.items():
+            if model in models:
+                by_model.setdefault(model, {}).setdefault(name, []).append(g)
+    best_rate = []
+    for model, guides in sorted(by_model.items()):
+        merged = {name: {m: min((g[m] for g in gs if g[m] is not None), default=None)
+                         for m in METRICS} for name, gs in guides.items()}
+        merged[guide]["non_finite"] = "—"
+        best_rate.append(row_of(model, merged, guide)[:-1])
+    label = LABELS[guide]
+    header = ["model", "best baseline mean err", f"{label} mean err", "best baseline log-sd err",
+              f"{label} log-sd err"]
+    tables = {f"lr{lr:g}": table(header + ["non-finite runs"], rows, "lrrrrr")
+              for lr, rows in rows_by_lr.items()}
+    tables["best_rate"] = table(header, best_rate, "lrrrr")
+    return tables
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", help="posterior_accuracy results files, in order")
+    p.add_argument("--guide", default="semi-implicit", choices=sorted(LABELS))
+    p.add_argument("--json", default=None, help="output (default results/guide_comparison.json)")
+    cfg = p.parse_args(argv)
+    out = {"guide": cfg.guide, "files": cfg.files,
+           "tables": compare(collect(cfg.files), cfg.guide)}
+    print(f"wrote {write_json('guide_comparison', out, cfg.json)}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
