@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from common import read_json, table, write_json
 from models import LABELS
 
