@@ -116,10 +116,11 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="posterior_accuracy results files, in order")
     p.add_argument("--guide", default="semi-implicit", choices=sorted(LABELS))
+    p.add_argument("--models", nargs="+", default=None, help="only these models (default: all)")
     p.add_argument("--json", default=None, help="output (default results/guide_comparison.json)")
     cfg = p.parse_args(argv)
-    out = {"guide": cfg.guide, "files": cfg.files,
-           "tables": compare(collect(cfg.files), cfg.guide)}
+    runs = {k: v for k, v in collect(cfg.files).items() if cfg.models is None or k[0] in cfg.models}
+    out = {"guide": cfg.guide, "files": cfg.files, "tables": compare(runs, cfg.guide)}
     print(f"wrote {write_json('guide_comparison', out, cfg.json)}")
     return out
 
