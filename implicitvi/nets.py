@@ -39,11 +39,13 @@ class MLP:
         if not callable(self.activation):
             raise TypeError(f"activation must be callable, got {type(self.activation).__name__}")
 
-    def init(self, key: jax.Array, in_dim: int, out_dim: int, dtype=jnp.float32) -> list:
-        """Parameters for inputs of ``in_dim`` features and outputs of ``out_dim``.
+    def init(self, key: jax.Array, in_dim: int, out_dim: int, dtype=None) -> list:
+        """Parameters for inputs of ``in_dim`` features and outputs of ``out_dim``, in ``dtype``
+        (default: JAX's default float type, float64 under ``jax_enable_x64``).
 
         Weights are drawn from N(0, 1/fan_in) (LeCun normal), biases start at zero.
         """
+        dtype = jnp.result_type(float) if dtype is None else dtype
         sizes = (in_dim, *self.hidden, out_dim)
         keys = jax.random.split(key, len(sizes) - 1)
         params = []

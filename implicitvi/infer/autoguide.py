@@ -114,7 +114,9 @@ class AutoSampler(AutoContinuous):
         name = f"{self.prefix}_sampler"
         if hasattr(self.network, "apply") and hasattr(self.network, "init"):
             net = self.network
-            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, out_dim))
+            # The default float type, as the noise and the other parameters (float64 under x64).
+            dtype = jnp.result_type(float)
+            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, out_dim, dtype))
             return lambda eps: net.apply(params, eps)
         return self.network(name, self.noise_dim, out_dim)
 
