@@ -83,8 +83,9 @@ class AutoSemiImplicit(AutoSampler):
         num_samples: draws used by :meth:`median` and :meth:`quantiles`.
         prefix, init_loc_fn: as in NumPyro's autoguides.
 
-    Train it with Adam at a learning rate of 1e-2 (at 1e-3 the slowed mixing network needs
-    more than the benchmark's 5,000 steps); see docs/benchmarks.md for both rates.
+    On the posterior-accuracy benchmark (docs/benchmarks.md), Adam at 1e-2 gives its best
+    results, but it stopped non-finite there on stochastic volatility (D = 103) and on the pump
+    model; at 1e-3 it stays finite and the slowed mixing network needs more than 5,000 steps.
     """
 
     def __init__(
