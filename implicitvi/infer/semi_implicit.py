@@ -85,7 +85,8 @@ class AutoSemiImplicit(AutoSampler):
 
     On the posterior-accuracy benchmark (docs/benchmarks.md), Adam at 1e-2 gives its best
     results, but it stopped non-finite there on stochastic volatility (D = 103) and on the pump
-    model; at 1e-3 it stays finite and the slowed mixing network needs more than 5,000 steps.
+    model; at 1e-3 it stayed finite on the five models it ran on, and the slowed mixing network
+    needs more than 5,000 steps there.
     """
 
     def __init__(
