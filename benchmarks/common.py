@@ -145,3 +145,16 @@ def interleaved_times(calls: dict[str, tuple[Callable, tuple]], repeats: int) ->
             jax.block_until_ready(fn(*args))
             times[name].append(time.perf_counter() - start)
     return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def seed_summary(runs: Sequence[dict], metrics: Sequence[str]) -> dict[str, Any]:
+    """One guide's runs over seeds (rows of ``posterior_accuracy.py``): the median of each metric
+    over the runs that finished with it (None if none did) and ``"non_finite"``, the count of
+    runs that stopped or ended non-finite, as ``"bad/total"``."""
+    out: dict[str, Any] = {}
+    for metric in metrics:
+        ok = [r[metric] for r in runs if r.get(metric) is not None and r.get("error") is None]
+        out[metric] = float(np.median(ok)) if ok else None
+    bad = sum(bool(r.get("non_finite")) or r.get("error") is not None for r in runs)
+    out["non_finite"] = f"{bad}/{len(runs)}"
+    return out

@@ -20,23 +20,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-from common import read_json, table, write_json
+from common import read_json, seed_summary, table, write_json
 from models import LABELS
 
 BASELINES = ("normal", "mvn", "iaf", "bnaf", "dais", "steinvi")
 METRICS = ("mean_err", "sd_err")
-
-
-def summarize(rows) -> dict:
-    """A guide's runs at one model and rate: medians over its finished seeds, non-finite count."""
-    out = {}
-    for metric in METRICS:
-        ok = [r[metric] for r in rows if r.get(metric) is not None and r.get("error") is None]
-        out[metric] = float(np.median(ok)) if ok else None
-    bad = sum(bool(r.get("non_finite")) or r.get("error") is not None for r in rows)
-    out["non_finite"] = f"{bad}/{len(rows)}"
-    return out
 
 
 def from_tables(tables) -> dict:
@@ -59,7 +47,8 @@ def collect(paths) -> dict:
     for path in paths:
         results = read_json(path)["results"]
         if "blocks" in results:
-            found = {(b["model"], b["lr"]): {g: summarize(r) for g, r in b["guides"].items()}
+            found = {(b["model"], b["lr"]): {g: seed_summary(r, METRICS)
+                                                 for g, r in b["guides"].items()}
                      for b in results["blocks"]}
         else:
             found = from_tables(results["tables"])

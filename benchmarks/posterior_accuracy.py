@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
-from common import markdown_table, table, write_json
+from common import markdown_table, seed_summary, table, write_json
 from models import GUIDES, LABELS, MODELS, ModelSpec, make_guide_and_elbo, make_steinvi
 from numpyro.contrib.einstein import MixtureGuidePredictive
 from numpyro.infer import MCMC, NUTS, SVI
@@ -204,11 +204,9 @@ def block_table(block) -> dict:
     rows = [["NUTS floor (chain 2 vs chain 1)", fmt(f["mean_err"]), fmt(f["sd_err"]),
              fmt(f["ksd"]), "—"]]
     for name, runs in block["guides"].items():
-        ok = [r for r in runs if "mean_err" in r]
-        bad = sum(bool(r.get("non_finite")) or r.get("error") is not None for r in runs)
-        rows.append([LABELS[name]] + [fmt(np.median([r[k] for r in ok]) if ok else None)
-                                      for k in ("mean_err", "sd_err", "ksd")]
-                    + [f"{bad}/{len(runs)}"])
+        summary = seed_summary(runs, ("mean_err", "sd_err", "ksd"))
+        rows.append([LABELS[name]] + [fmt(summary[k]) for k in ("mean_err", "sd_err", "ksd")]
+                    + [summary["non_finite"]])
     return table(["guide", "mean err", "log-sd err", "KSD", "non-finite runs"], rows, "lrrrr")
 
 
