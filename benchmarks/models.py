@@ -388,7 +388,8 @@ MODELS = {
 # --------------------------------------------------------------------------------------------
 
 GUIDES = ("normal", "mvn", "iaf", "bnaf", "dais", "steinvi", "implicit-ssm", "implicit-stein",
-          "implicit-ssge", "semi-implicit")
+          "implicit-ssge", "semi-implicit", "semi-implicit-iaf", "semi-implicit-bnaf",
+          "semi-implicit-avg32")
 LABELS = {
     "normal": "AutoNormal",
     "mvn": "AutoMultivariateNormal",
@@ -400,6 +401,9 @@ LABELS = {
     "implicit-stein": "AutoImplicit (Stein)",
     "implicit-ssge": "AutoImplicit (SSGE)",
     "semi-implicit": "AutoSemiImplicit",
+    "semi-implicit-iaf": "AutoSemiImplicit (IAF frame)",
+    "semi-implicit-bnaf": "AutoSemiImplicit (BNAF frame)",
+    "semi-implicit-avg32": "AutoSemiImplicit (targets averaged over 32 components)",
 }
 
 
@@ -425,8 +429,11 @@ def make_guide_and_elbo(name: str, model, particles: int):
         return AutoBNAFNormal(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
     if name == "dais":
         return AutoDAIS(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
-    if name == "semi-implicit":
-        return AutoSemiImplicit(model, init_loc_fn=init_to_median), ImplicitELBO(num_particles=particles)
+    if name.startswith("semi-implicit"):
+        variant = {"": {}, "-iaf": {"flow": "iaf"}, "-bnaf": {"flow": "bnaf"},
+                   "-avg32": {"num_components": 32}}[name[len("semi-implicit"):]]
+        guide = AutoSemiImplicit(model, init_loc_fn=init_to_median, **variant)
+        return guide, ImplicitELBO(num_particles=particles)
     if name == "implicit-ssm-1":  # the step-cost variant: one score-network step per SVI step
         one_step = dataclasses.replace(default_estimator(), steps_per_update=1)
         return AutoImplicit(model, estimator=one_step), ImplicitELBO(num_particles=particles)

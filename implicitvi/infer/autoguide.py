@@ -130,8 +130,14 @@ class AutoSampler(AutoContinuous):
             constraint=constraints.scaled_unit_lower_cholesky,
         )
         w, site_kwargs = self._draw_latent(tuple(sample_shape))
-        u = loc + w @ scale_tril.T
-        return u, w, jnp.sum(jnp.log(jnp.diagonal(scale_tril))), site_kwargs
+        v, log_det = self._frame(w)
+        u = loc + v @ scale_tril.T
+        return u, w, log_det + jnp.sum(jnp.log(jnp.diagonal(scale_tril))), site_kwargs
+
+    def _frame(self, w):
+        """A bijection ``v = T(w)`` applied before the affine map, and ``log|det ∂v/∂w|``
+        (per draw or scalar): here the identity."""
+        return w, 0.0
 
     def _sample_latent(self, *args, **kwargs):
         sample_shape = kwargs.pop("sample_shape", ())

@@ -25,14 +25,27 @@ least squares on the conditional score
 :math:`\nabla_w \log q(w \mid \epsilon_2) = -\epsilon_1 / \sigma(\epsilon_2)`, known at every draw
 (:func:`implicitvi.objectives.regression`; the identity behind UIVI, Titsias & Ruiz 2019, and
 SIVI-SM, Yu & Zhang 2023), by a few optimizer steps of a normal-base score network per SVI step.
+
+With ``flow=`` the frame is no longer affine: :math:`u = \mu + L\, T(w)` with ``T`` a NumPyro
+autoregressive flow, whose log-determinant :math:`\log|\det \partial T / \partial w|` is exact
+per draw and enters the ELBO as the affine part's does.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpyro
 import optax
+from jax.example_libraries import stax
+from numpyro.distributions.flows import (
+    BlockNeuralAutoregressiveTransform,
+    InverseAutoregressiveTransform,
+)
+from numpyro.distributions.transforms import PermuteTransform
 from numpyro.infer.initialization import init_to_median
+from numpyro.nn.auto_reg_nn import AutoregressiveNN
+from numpyro.nn.block_neural_arn import BlockNeuralAutoregressiveNN
 
 from implicitvi import _checks
 from implicitvi.estimators import ScoreNet
@@ -57,7 +70,7 @@ def regression_estimator() -> ScoreNet:
 
 
 class AutoSemiImplicit(AutoSampler):
-    """Semi-implicit guide over all latent sites of ``model``; fit it with
+    r"""Semi-implicit guide over all latent sites of ``model``; fit it with
     :class:`~implicitvi.infer.ImplicitELBO`.
 
     Args:
@@ -80,6 +93,22 @@ class AutoSemiImplicit(AutoSampler):
             than ``L`` takes up the scale and than the score network follows, and fits at a
             learning rate of 1e-2 diverge; see docs/benchmarks.md.
         init_scale: initial diagonal of ``L``.
+        flow: ``None`` (default) or ``"iaf"`` / ``"bnaf"``: a normalizing flow ``T`` between
+            the mixing and the affine map, ``u = μ + L T(w)``, built as NumPyro's
+            :class:`~numpyro.infer.autoguide.AutoIAFNormal` (three IAF layers of hidden widths
+            ``[D, D]``) and :class:`~numpyro.infer.autoguide.AutoBNAFNormal` (one block
+            layer, hidden factors ``[8, 8]``) build theirs; its per-draw log-determinant is
+            exact, so the score is still estimated in ``w`` only. With ``w`` Gaussian the guide
+            is that autoguide (up to ``μ`` and ``L``).
+        num_components: ``C``, further mixing draws per particle over which the regression
+            target is averaged: with the draw's own component ``ε₂⁰`` and ``C`` fresh ones
+            ``ε₂¹…ε₂ᶜ`` from the prior, the target is
+            :math:`\sum_{k=0}^{C} \omega_k \nabla_w \log q(w \mid \varepsilon_2^k)` with
+            :math:`\omega_k \propto q(w \mid \varepsilon_2^k)`. As ``ε₂⁰`` is a draw of
+            :math:`q(\varepsilon_2 \mid w)`, its conditional mean given ``w`` is still the
+            score (the invariance of conditional importance resampling, Andrieu, Doucet &
+            Holenstein 2010), and its variance is lower; ``0`` uses ``−ε₁/σ`` alone. It costs
+            ``C`` mixing-network passes per particle, no model evaluation.
         num_samples: draws used by :meth:`median` and :meth:`quantiles`.
         prefix, init_loc_fn: as in NumPyro's autoguides.
 
@@ -100,11 +129,18 @@ class AutoSemiImplicit(AutoSampler):
         min_scale: float = 0.01,
         network_scale: float = 0.1,
         init_scale: float = 0.1,
+        flow: str | None = None,
+        num_components: int = 0,
         num_samples: int = 1000,
         prefix: str = "auto",
         init_loc_fn=init_to_median,
     ):
         _checks.check_positive_int(noise_dim, "noise_dim", allow_none=True)
+        _checks.check_int_at_least(num_components, "num_components", 0)
+        self.num_components = num_components
+        if flow is not None:
+            _checks.check_choice(flow, "flow", ("iaf", "bnaf"))
+        self.flow = flow
         _checks.check_in_range(min_scale, "min_scale", 0.0, 0.5**0.5, high_open=True)
         _checks.check_positive(network_scale, "network_scale")
         self.network_scale = network_scale
@@ -117,13 +153,10 @@ class AutoSemiImplicit(AutoSampler):
             init_loc_fn=init_loc_fn,
         )
 
-    def _draw_latent(self, sample_shape):
+    def _mixing(self, mixing, eps2):
+        """The conditional Gaussian's ``(m(ε₂), σ(ε₂))``, each ``(..., D)``."""
         d = self.latent_dim
         half = 0.5**0.5
-        mixing = self._network(2 * d)
-        key_mix, key_noise = jax.random.split(numpyro.prng_key())
-        eps2 = jax.random.normal(key_mix, sample_shape + (self.noise_dim,))
-        eps1 = jax.random.normal(key_noise, sample_shape + (d,))
         # The output scale slows the mixing network under Adam (whose steps have the size of
         # the learning rate whatever the gradient's): g moves at the pace of μ and L.
         out = self.network_scale * mixing(eps2)
@@ -131,4 +164,68 @@ class AutoSemiImplicit(AutoSampler):
         # σ ∈ (σ_min, σ_min + 2 (1/√2 − σ_min)); at the start σ_min + (1/√2 − σ_min) = 1/√2, so
         # that w ~ N(0, I): the overall scale stays with L, the network shapes within it.
         scale = self.min_scale + (half - self.min_scale) * 2 * jax.nn.sigmoid(out[..., d:])
-        return loc + scale * eps1, {"conditional_score": -eps1 / scale}
+        return loc, scale
+
+    def _draw_latent(self, sample_shape):
+        d = self.latent_dim
+        mixing = self._network(2 * d)
+        key_mix, key_noise = jax.random.split(numpyro.prng_key())
+        eps2 = jax.random.normal(key_mix, sample_shape + (self.noise_dim,))
+        eps1 = jax.random.normal(key_noise, sample_shape + (d,))
+        loc, scale = self._mixing(mixing, eps2)
+        w = loc + scale * eps1
+        target = -eps1 / scale
+        if self.num_components:
+            target = self._averaged_score(mixing, jax.random.fold_in(key_mix, 1), w, eps1, scale)
+        return w, {"conditional_score": target}
+
+    def _averaged_score(self, mixing, key, w, eps1, scale):
+        """The conditional score averaged over the draw's own mixing component and
+        ``num_components`` fresh ones, weighted by their densities at ``w``."""
+        c = self.num_components
+        w, eps1, scale = (jax.lax.stop_gradient(a) for a in (w, eps1, scale))
+        eps2 = jax.random.normal(key, w.shape[:-1] + (c, self.noise_dim))
+        loc_k, scale_k = jax.lax.stop_gradient(self._mixing(mixing, eps2))
+        z_k = (w[..., None, :] - loc_k) / scale_k
+        log_q = jnp.concatenate(
+            [
+                jnp.sum(-0.5 * eps1**2 - jnp.log(scale), -1)[..., None],
+                jnp.sum(-0.5 * z_k**2 - jnp.log(scale_k), -1),
+            ],
+            axis=-1,
+        )
+        weights = jax.nn.softmax(log_q, axis=-1)[..., None]
+        scores = jnp.concatenate([(-eps1 / scale)[..., None, :], -z_k / scale_k], axis=-2)
+        return jnp.sum(weights * scores, axis=-2)
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        if self.flow is not None and self.latent_dim == 1:
+            raise ValueError(
+                f"flow={self.flow!r} needs a latent dimension of at least 2 (NumPyro's "
+                "autoregressive flows), got 1; use flow=None"
+            )
+
+    def _frame(self, w):
+        """``v = T(w)`` through NumPyro's flow (as its AutoIAFNormal / AutoBNAFNormal build it)
+        and the per-draw ``log|det ∂v/∂w|``; the identity without a flow."""
+        if self.flow is None:
+            return w, 0.0
+        d = self.latent_dim
+        parts = []
+        for i in range(3 if self.flow == "iaf" else 1):
+            if i > 0:
+                parts.append(PermuteTransform(jnp.arange(d)[::-1]))
+            name = f"{self.prefix}_flow_arn__{i}"
+            if self.flow == "iaf":
+                arn = AutoregressiveNN(d, [d, d], permutation=jnp.arange(d), nonlinearity=stax.Elu)
+                parts.append(InverseAutoregressiveTransform(numpyro.module(name, arn, (d,))))
+            else:
+                arn = BlockNeuralAutoregressiveNN(d, [8, 8], None)
+                parts.append(BlockNeuralAutoregressiveTransform(numpyro.module(name, arn, (d,))))
+        log_det = jnp.zeros(w.shape[:-1], w.dtype)
+        for t in parts:
+            v, intermediates = t.call_with_intermediates(w)
+            log_det = log_det + t.log_abs_det_jacobian(w, v, intermediates)
+            w = v
+        return w, log_det
