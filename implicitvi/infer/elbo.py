@@ -33,7 +33,7 @@ from implicitvi import _checks
 from implicitvi.entropy import surrogate
 from implicitvi.estimators.base import get_estimator, state_matches
 from implicitvi.estimators.per_context import PerContext
-from implicitvi.infer import nonfinite
+from implicitvi.infer import nonfinite, sharding
 from implicitvi.infer.primitives import state_name
 
 __all__ = ["ImplicitELBO"]
@@ -72,6 +72,10 @@ class ImplicitELBO(ELBO):
             :func:`~implicitvi.infer.run_minibatch` re-raises the ``FloatingPointError``.
         vectorize_particles: as in NumPyro's ELBOs: ``True`` (``vmap``), ``False``
             (``lax.map``) or a callable ``(fn, keys) -> outputs``.
+        mesh: shard the particles over devices (:mod:`implicitvi.infer.sharding`): ``None``
+            (default, no sharding), ``"local"`` (all local devices), a sequence of devices, or a
+            :class:`jax.sharding.Mesh` (along its first axis). ``num_particles`` must be a
+            multiple of the number of devices. The estimators still fit on all particles.
 
     Mutable sites of the model and guide (``numpyro.mutable``, the state of a Flax or Equinox
     module) are carried as :class:`~numpyro.infer.Trace_ELBO` carries them: updated from the
@@ -88,8 +92,11 @@ class ImplicitELBO(ELBO):
         estimator=None,
         check_finite: bool = True,
         vectorize_particles=True,
+        mesh=None,
     ):
         _checks.check_positive_int(num_particles, "num_particles")
+        self.sharding = sharding.as_mesh(mesh)
+        sharding.check_divisible(num_particles, self.sharding, "num_particles")
         self.estimator = None if estimator is None else get_estimator(estimator)
         # A name picks a kind of estimator; a site whose own estimator is of that kind keeps its
         # own configuration (AutoImplicit's "stein" is Stein(base="normal"), say).
@@ -105,7 +112,7 @@ class ImplicitELBO(ELBO):
             self._particle, param_map=param_map, model=model, guide=guide, args=args,
             kwargs=kwargs, sites=sites,
         )
-        keys = jax.random.split(particle_key, self.num_particles)
+        keys = sharding.shard_leading(jax.random.split(particle_key, self.num_particles), self.sharding)
         elbos, draws, mutable = self.vectorize_particles_fn(particle, keys)
 
         mutable_state = self._user_mutable_state(param_map, mutable)

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from implicitvi import _checks
-from implicitvi.infer import nonfinite
+from implicitvi.infer import nonfinite, sharding
 
 __all__ = ["TrainResult", "load_checkpoint", "run_minibatch", "save_checkpoint"]
 
@@ -171,6 +171,7 @@ def run_minibatch(
     config: dict | None = None,
     resume: bool = False,
     progress_bar: bool = True,
+    mesh=None,
     **kwargs,
 ) -> TrainResult:
     """Run ``num_steps`` SVI steps on minibatches of ``data``.
@@ -191,6 +192,9 @@ def run_minibatch(
             must present the same one.
         resume: continue from ``checkpoint``.
         progress_bar: show a tqdm bar with the mean loss of the last chunk.
+        mesh: shard each batch's rows over devices (:mod:`implicitvi.infer.sharding`): ``None``
+            (default), ``"local"``, a sequence of devices or a :class:`jax.sharding.Mesh`;
+            ``batch_size`` must be a multiple of the number of devices.
 
     Returns:
         :class:`TrainResult` ``(state, losses)``.
@@ -215,6 +219,8 @@ def run_minibatch(
             f"shape {tuple(data.shape)}"
         )
     _check_data_finite(data)
+    batch_sharding = sharding.as_mesh(mesh)
+    sharding.check_divisible(batch_size, batch_sharding, "batch_size")
     if checkpoint_every is not None:
         _checks.check_positive_int(checkpoint_every, "checkpoint_every")
     if (resume or checkpoint_every is not None) and checkpoint is None:
@@ -226,7 +232,7 @@ def run_minibatch(
     seed = int(jax.random.randint(order_key, (), 0, 2**31 - 1))
 
     def batch_at(step, idx):
-        batch = data[idx]
+        batch = sharding.shard_leading(data[idx], batch_sharding)
         if transform is not None:
             batch = transform(jax.random.fold_in(transform_key, step), batch)
         return batch

@@ -1,0 +1,136 @@
+"""Particles and batches sharded over a mesh of four CPU devices.
+
+The number of host devices is fixed when JAX starts, so the fits run in a subprocess started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (this file, run as a script). There each
+fit runs twice from the same key, on one device and sharded over the four, and both results come
+back to the test: they must agree to floating-point tolerance (only the order of the reductions
+over particles differs), and the sharded step must be compiled as a partitioned program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STEPS = 20
+DEVICES = 4
+
+
+def _script(out):
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+    import optax
+    from helpers import X_REG, Y_REG, regression
+    from jax.sharding import Mesh
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
+    from implicitvi.infer import AutoSemiImplicit, ImplicitELBO, run_minibatch
+
+    assert jax.device_count() == DEVICES, jax.devices()
+    report, arrays = {}, {}
+
+    def svi_for(mesh):
+        elbo = ImplicitELBO(num_particles=8, mesh=mesh)
+        return SVI(regression, AutoSemiImplicit(regression), optax.adam(1e-2), elbo)
+
+    for label, mesh in [("one", None), ("mesh", Mesh(jax.devices(), ("p",)))]:
+        result = svi_for(mesh).run(jax.random.PRNGKey(0), STEPS, X_REG, Y_REG, progress_bar=False)
+        arrays[f"svi/{label}/losses"] = result.losses
+        for name, leaf in jax.tree_util.tree_leaves_with_path(result.params):
+            arrays[f"svi/{label}/{jax.tree_util.keystr(name)}"] = leaf
+    svi = svi_for("local")
+    state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+    hlo = jax.jit(lambda s: svi.update(s, X_REG, Y_REG)).lower(state).compile().as_text()
+    report["svi_partitions"] = f"num_partitions={DEVICES}" in hlo
+
+    data = jnp.asarray(np.random.default_rng(0).normal(2.0, 1.0, size=(40, 3)), jnp.float32)
+
+    def location_model(x):
+        mu = numpyro.sample("mu", dist.Normal(0, 10).expand([3]).to_event(1))
+        with numpyro.plate("batch", x.shape[0]):
+            numpyro.sample("x", dist.Normal(mu, 1).to_event(1), obs=x)
+
+    for label, mesh in [("one", None), ("local", "local")]:
+        svi = SVI(location_model, AutoNormal(location_model), optax.adam(0.05), Trace_ELBO())
+        result = run_minibatch(svi, jax.random.PRNGKey(1), data, STEPS, batch_size=8,
+                               chunk_size=10, progress_bar=False, mesh=mesh)
+        arrays[f"batches/{label}/losses"] = result.losses
+        arrays[f"batches/{label}/loc"] = svi.get_params(result.state)["mu_auto_loc"]
+
+    errors = {}
+    for name, call in {
+        "particles": lambda: ImplicitELBO(num_particles=6, mesh="local"),
+        "empty": lambda: ImplicitELBO(num_particles=8, mesh=[]),
+        "kind": lambda: ImplicitELBO(num_particles=8, mesh="gpu"),
+        "batch": lambda: run_minibatch(svi, jax.random.PRNGKey(1), data, 2, batch_size=6,
+                                       progress_bar=False, mesh="local"),
+    }.items():
+        try:
+            call()
+            errors[name] = None
+        except (ValueError, TypeError) as err:
+            errors[name] = f"{type(err).__name__}: {err}"
+    report["errors"] = errors
+    np.savez(Path(out) / "fits.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    print(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharding")
+    root = Path(__file__).resolve().parents[2]  # this checkout's implicitvi, and tests/helpers
+    path = [str(root), str(root / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
+    # A low optimisation level halves the compile time; the partitioning does not depend on it.
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+        " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    ).strip()
+    proc = subprocess.run(
+        [sys.executable, __file__, str(out)],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    with np.load(out / "fits.npz") as fits:
+        report["fits"] = dict(fits)
+    return report
+
+
+def test_sharded_particles_agree_with_one_device(sharded_run):
+    fits = sharded_run["fits"]
+    names = [k.removeprefix("svi/one/") for k in fits if k.startswith("svi/one/")]
+    assert "losses" in names and len(names) > 3
+    for name in names:
+        # 20 Adam steps; the per-step difference is float32 rounding (~1e-7 relative).
+        np.testing.assert_allclose(fits[f"svi/mesh/{name}"], fits[f"svi/one/{name}"],
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+    assert sharded_run["svi_partitions"], "the sharded SVI step was not compiled for 4 devices"
+
+
+def test_sharded_batches_agree_with_one_device(sharded_run):
+    fits = sharded_run["fits"]
+    for name in ("losses", "loc"):
+        np.testing.assert_allclose(fits[f"batches/local/{name}"], fits[f"batches/one/{name}"],
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_meshes_that_do_not_fit_are_named(sharded_run):
+    errors = sharded_run["errors"]
+    assert "num_particles (6) must be a multiple of the 4 devices" in errors["particles"]
+    assert "ValueError: mesh: the device list is empty" == errors["empty"]
+    assert "mesh must be None, 'local'" in errors["kind"]
+    assert "batch_size (6) must be a multiple of the 4 devices" in errors["batch"]
+
+
+if __name__ == "__main__":
+    _script(sys.argv[1])
