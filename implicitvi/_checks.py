@@ -74,8 +74,12 @@ def _check_number(value, name: str) -> None:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
 
 
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_integer(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    if not _is_integer(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
 
 
@@ -212,8 +216,14 @@ def check_hidden(hidden, name: str = "hidden") -> tuple:
             f"got {type(hidden).__name__} {hidden!r}"[:200]
         )
     for width in hidden:
-        if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
+        if not _is_integer(width):
             raise TypeError(f"{name} must be a sequence of positive ints, got {hidden!r}")
         if width < 1:
             raise ValueError(f"{name} must be a sequence of positive ints, got {hidden!r}")
     return tuple(int(w) for w in hidden)
+
+
+def is_network(obj) -> bool:
+    """Whether ``obj`` has the network interface ``init(key, in_dim, out_dim, dtype)`` and
+    ``apply(params, x)`` (like :class:`implicitvi.nets.MLP`)."""
+    return all(callable(getattr(obj, m, None)) for m in ("init", "apply"))

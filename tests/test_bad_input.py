@@ -23,7 +23,13 @@ from implicitvi import (
 )
 from implicitvi.datasets import binarize
 from implicitvi.estimators import SSGE, ScoreNet, SSGEState, Stein, estimate_score
-from implicitvi.infer import floating_point_errors, load_checkpoint, run_minibatch
+from implicitvi.infer import (
+    AutoImplicit,
+    AutoSemiImplicit,
+    floating_point_errors,
+    load_checkpoint,
+    run_minibatch,
+)
 from implicitvi.infer.nonfinite import guard
 from implicitvi.nets import MLP
 
@@ -119,6 +125,13 @@ def test_hidden_must_be_a_sequence_of_positive_ints(make, error):
 def test_network_must_offer_init_and_apply():
     with pytest.raises(TypeError, match="network must have init"):
         ScoreNet(network="foo")
+
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    for guide in (AutoImplicit, AutoSemiImplicit):
+        with pytest.raises(TypeError, match="network must have init.*or be a factory"):
+            guide(model, network=(64, 64))
 
 
 # --- ranks and shapes of the low-level helpers -------------------------------------------------

@@ -110,9 +110,7 @@ class ScoreNet(EstimatorChecks):
                 f"got {type(self.optimizer).__name__}"
             )
         object.__setattr__(self, "hidden", _checks.check_hidden(self.hidden, "hidden"))
-        if self.network is not None and not all(
-            callable(getattr(self.network, m, None)) for m in ("init", "apply")
-        ):
+        if self.network is not None and not _checks.is_network(self.network):
             raise TypeError(
                 "network must have init(key, in_dim, out_dim, dtype) and apply(params, x) "
                 f"methods (e.g. implicitvi.nets.MLP), got {type(self.network).__name__}"

@@ -69,6 +69,12 @@ class AutoSampler(AutoContinuous):
     def __init__(self, model, *, init_scale, num_samples, prefix, init_loc_fn):
         _checks.check_positive(init_scale, "init_scale")
         _checks.check_positive_int(num_samples, "num_samples")
+        if not (_checks.is_network(self.network) or callable(self.network)):
+            raise TypeError(
+                "network must have init(key, in_dim, out_dim, dtype) and apply(params, x) methods "
+                "(e.g. implicitvi.nets.MLP), or be a factory network(name, noise_dim, out_dim) -> "
+                f"apply; got {type(self.network).__name__}"
+            )
         if self.estimator.conditional:
             raise ValueError(
                 f"estimator: {type(self).__name__}'s latent has no context; use an unconditional one"
@@ -112,7 +118,7 @@ class AutoSampler(AutoContinuous):
         """``self.network`` as a function ``(..., K) -> (..., out_dim)``, its parameters a param
         site (or registered by the factory)."""
         name = f"{self.prefix}_sampler"
-        if hasattr(self.network, "apply") and hasattr(self.network, "init"):
+        if _checks.is_network(self.network):
             net = self.network
             # The default float type, as the noise and the other parameters (float64 under x64).
             dtype = jnp.result_type(float)
