@@ -1,0 +1,238 @@
+r"""Measure a machine on any JAX backend in one command: one table of what the other benchmarks
+measure at length, each at the size that matters and cut to fit about 8 minutes on two CPU cores.
+
+* **Step cost:** one jitted ``svi.update`` of ``AutoImplicit`` (SSM) and ``AutoSemiImplicit``
+  with ``ImplicitELBO``, over ``AutoMultivariateNormal`` with ``Trace_ELBO``, at 16 particles
+  on :func:`models.stoch_vol` with ``D - 3`` time points (as ``step_cost.py``), the three timed
+  in turn (``common.interleaved_times``) so that their ratio is taken under the same load.
+* **VAE step:** one jitted ``svi.update`` of the VAEs of :mod:`autoencoders` at the MNIST scale
+  of Song et al. (784 inputs, batch 128, z = 8, 256-256 networks) on random binary data: the
+  Gaussian encoder (the ordinary ELBO) and the implicit encoder with SSM, Stein and SSGE (100
+  draws per image), timed in turn.
+* **AIS:** ``implicitvi.evaluation.ais_log_likelihood`` at the paper's settings (1000
+  temperatures, 16 chains, 10 leapfrog steps) for the tanh decoder z = 8 → 256 → 256 → 784 on
+  random binary images: test images per second after compilation, and the time all 10,000
+  MNIST test images would take.
+* **Kernel estimators:** ``kernel_cost.bench_scaling`` (one jitted ``update`` + ``score`` of
+  Stein and SSGE, with the median-heuristic bandwidth and with it fixed) against the number of
+  particles M at d = 50.
+* **Tests** (``--tests``): the wall time of the fast test suite, ``python -m pytest -q``.
+
+Usage::
+
+    python benchmarks/machine.py                  # → results/machine_cpu.json (machine_gpu.json on a GPU)
+    python benchmarks/machine.py --quick          # smoke run, under a minute
+    python benchmarks/machine.py --tests --json benchmarks/results/machine_gpu.json
+
+On a CPU, XLA and OpenBLAS run single-threaded unless ``XLA_FLAGS`` / ``OPENBLAS_NUM_THREADS``
+are set (see ``step_cost.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import kernel_cost
+import step_cost
+from autoencoders import decoder_net, vae_svi
+from common import fmt_ms, int_list, interleaved_times, markdown_table, table, write_json
+from mnist_vae_wae import decoder_log_likelihood
+from models import stoch_vol_data
+
+from implicitvi import evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
+GUIDES = (("implicit-ssm", "AutoImplicit (SSM)"), ("semi-implicit", "AutoSemiImplicit"))
+BASELINE = "mvn"
+VAES = (("gaussian", None, "Gaussian encoder (ELBO)"), ("implicit", "ssm", "implicit, SSM"),
+        ("implicit", "stein", "implicit, Stein"), ("implicit", "ssge", "implicit, SSGE"))
+DATA_DIM, PIXEL_P = 784, 0.13  # MNIST's size and roughly its share of pixels that are on
+
+
+def bench_step_cost(args) -> list[dict]:
+    """Milliseconds of each guide's and the baseline's step at every D, and their ratios."""
+    cfg = argparse.Namespace(particles=args.particles, lr=1e-2, warmup=2)
+    rows = []
+    for dim in args.dims:
+        data = stoch_vol_data(dim - 3)
+        runs = {name: step_cost.compiled_update(name, data, cfg)
+                for name in (BASELINE, *(g for g, _ in GUIDES))}
+        calls = {name: (r["update"], (r["state"],)) for name, r in runs.items()}
+        ms = {k: 1e3 * v for k, v in interleaved_times(calls, args.step_reps).items()}
+        for name, label in GUIDES:
+            rows.append({"guide": label, "dim": dim, "particles": args.particles, "ms": ms[name],
+                         "baseline_ms": ms[BASELINE], "ratio": ms[name] / ms[BASELINE]})
+            print(f"step cost D={dim}: {label} {ms[name]:.2f} ms, MVN {ms[BASELINE]:.2f} ms",
+                  flush=True)
+    return rows
+
+
+def random_images(key, rows: int) -> jax.Array:
+    """Binary images (rows, 784), each pixel on with MNIST's average probability."""
+    return jax.random.bernoulli(key, PIXEL_P, (rows, DATA_DIM)).astype(jnp.float32)
+
+
+def bench_vae(args, key) -> list[dict]:
+    """Milliseconds of one VAE training step for each encoder, timed in turn."""
+    x = random_images(key, args.batch)
+    hidden = tuple(args.hidden)
+    calls = {}
+    for encoder, estimator, label in VAES:
+        svi = vae_svi(encoder, estimator, 1e-3, kernel_samples=args.kernel_samples)
+        state = svi.init(key, x, args.latent_dim, hidden)
+        update = jax.jit(lambda s, svi=svi: svi.update(s, x, args.latent_dim, hidden))
+        calls[label] = (update, (state,))
+    ms = {k: 1e3 * v for k, v in interleaved_times(calls, args.vae_reps).items()}
+    print("VAE step: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
+    return [{"encoder": k, "batch": args.batch, "latent_dim": args.latent_dim, "ms": v}
+            for k, v in ms.items()]
+
+
+def bench_ais(args, key) -> dict:
+    """Test images per second of AIS with a random decoder, timed on a second call."""
+    k_params, k_x, k_ais = jax.random.split(key, 3)
+    hidden = tuple(args.hidden)
+    _, params = decoder_net(hidden, DATA_DIM)[0](k_params, (-1, args.latent_dim))
+    log_lik = decoder_log_likelihood({"decoder$params": params}, hidden, DATA_DIM, "tanh")
+    x = random_images(k_x, args.ais_rows)
+
+    def run():
+        return evaluation.ais_log_likelihood(
+            k_ais, log_lik, x, args.latent_dim, schedule=args.ais_temperatures,
+            num_chains=args.ais_chains, num_leapfrog=args.ais_leapfrog,
+            batch_size=args.ais_rows).log_likelihood
+
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    ll = jax.block_until_ready(run())
+    seconds = time.perf_counter() - start
+    rate = args.ais_rows / seconds
+    print(f"AIS: {args.ais_rows} images in {seconds:.1f} s ({rate:.2f} images/s)", flush=True)
+    return {"rows": args.ais_rows, "temperatures": args.ais_temperatures,
+            "chains": args.ais_chains, "leapfrog": args.ais_leapfrog, "seconds": seconds,
+            "first_call_seconds": first, "images_per_second": rate,
+            "test_set_hours": 10_000 / rate / 3600, "finite": bool(jnp.isfinite(ll).all())}
+
+
+def bench_kernels(args, key) -> list[dict]:
+    """``kernel_cost.bench_scaling`` against M at d = ``args.kernel_dim``."""
+    scaling = argparse.Namespace(scaling_dim=args.kernel_dim, scaling_particles=args.kernel_m,
+                                 scaling_dims=[], scaling_reps=args.kernel_reps)
+    return kernel_cost.bench_scaling(scaling, key)
+
+
+def bench_tests() -> dict:
+    """Wall time of ``python -m pytest -q`` from the repository root, and its summary line."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q"], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    seconds = time.perf_counter() - start
+    lines = proc.stdout.strip().splitlines()
+    summary = lines[-1].strip("= ") if lines else ""
+    print(f"tests: {summary} ({seconds:.0f} s wall)", flush=True)
+    return {"seconds": seconds, "returncode": proc.returncode, "summary": summary}
+
+
+def duration(seconds: float) -> str:
+    """``s`` below two minutes, ``min`` below two hours, else ``h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def machine_table(out: dict) -> dict:
+    """The one table: what was measured, at what size, and the result."""
+    rows = [[f"step / AutoMultivariateNormal step: {r['guide']}", f"D = {r['dim']}, "
+             f"{r['particles']} particles", f"{r['ratio']:.2f}× ({fmt_ms(r['ms'])} / "
+             f"{fmt_ms(r['baseline_ms'])} ms)"] for r in out["step_cost"]]
+    rows += [[f"VAE training step: {r['encoder']}", f"784 → z = {r['latent_dim']}, batch "
+              f"{r['batch']}", f"{fmt_ms(r['ms'])} ms"] for r in out["vae"]]
+    a = out["ais"]
+    rows.append(["AIS, z = 8 decoder", f"{a['temperatures']} temperatures, {a['chains']} chains, "
+                 f"{a['leapfrog']} leapfrog, {a['rows']} images", f"{a['images_per_second']:.2f} "
+                 f"images/s; 10,000 test images: {duration(a['test_set_hours'] * 3600)}"])
+    for r in out["kernels"]:
+        for col, label in (("stein", "Stein"), ("ssge", "SSGE")):
+            rows.append([f"{label} update + score", f"M = {r['particles']}, d = {r['dim']}",
+                         f"{fmt_ms(r[col])} ms ({fmt_ms(r[col + '_fixed_h'])} ms, fixed h)"])
+    if out.get("tests"):
+        t = out["tests"]
+        rows.append(["fast test suite", "python -m pytest -q", f"{duration(t['seconds'])} "
+                     f"({t['summary'] or 'no summary'}, exit {t['returncode']})"])
+    rows.append(["whole run", f"backend {out['backend']} ({out['device_kind']})",
+                 duration(out["seconds"])])
+    return table(["measurement", "size", "result"], rows, "llr")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run on small sizes")
+    p.add_argument("--tests", action="store_true", help="also time the fast test suite")
+    p.add_argument("--dims", type=int_list, default=[103, 503, 2000], help="step-cost D values")
+    p.add_argument("--particles", type=int, default=16, help="step-cost particles")
+    p.add_argument("--step-reps", type=int, default=20, help="timed step-cost rounds")
+    p.add_argument("--batch", type=int, default=128, help="VAE batch")
+    p.add_argument("--latent-dim", type=int, default=8, help="VAE and AIS latent dimension")
+    p.add_argument("--hidden", type=int_list, default=[256, 256], help="VAE and AIS widths")
+    p.add_argument("--kernel-samples", type=int, default=100, help="Stein/SSGE draws per image")
+    p.add_argument("--vae-reps", type=int, default=20, help="timed VAE rounds")
+    p.add_argument("--ais-rows", type=int, default=None,
+                   help="images of the timed AIS call (default 10 on a CPU, else 100)")
+    p.add_argument("--ais-temperatures", type=int, default=1000)
+    p.add_argument("--ais-chains", type=int, default=16)
+    p.add_argument("--ais-leapfrog", type=int, default=10)
+    p.add_argument("--kernel-dim", type=int, default=50, help="d of the kernel-cost check")
+    p.add_argument("--kernel-m", type=int_list, default=[500, 1000, 2000, 5000],
+                   help="M values of the kernel-cost check")
+    p.add_argument("--kernel-reps", type=int, default=3, help="timed kernel-cost rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="results file (default results/machine_BACKEND.json)")
+    args = p.parse_args(argv)
+    if args.ais_rows is None:
+        args.ais_rows = 10 if jax.default_backend() == "cpu" else 100
+    if args.quick:
+        args.dims, args.particles, args.step_reps = [13], 4, 3
+        args.batch, args.hidden, args.kernel_samples, args.vae_reps = 16, [32], 10, 3
+        args.ais_rows, args.ais_temperatures, args.ais_chains, args.ais_leapfrog = 4, 20, 4, 2
+        args.kernel_m, args.kernel_reps = [50, 100], 2
+    return args
+
+
+def main(args: argparse.Namespace) -> dict:
+    start = time.perf_counter()
+    keys = jax.random.split(jax.random.PRNGKey(args.seed), 3)
+    out = {"backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+           "section_seconds": {}}
+    sections = {"step_cost": lambda: bench_step_cost(args), "vae": lambda: bench_vae(args, keys[0]),
+                "ais": lambda: bench_ais(args, keys[1]), "kernels": lambda: bench_kernels(args, keys[2])}
+    if args.tests:
+        sections["tests"] = bench_tests
+    for name, fn in sections.items():
+        t0 = time.perf_counter()
+        out[name] = fn()
+        out["section_seconds"][name] = time.perf_counter() - t0
+        print(f"-- {name}: {out['section_seconds'][name]:.0f} s", flush=True)
+    out["seconds"] = time.perf_counter() - start
+    out["tables"] = {"machine": machine_table(out)}
+    print(markdown_table(**out["tables"]["machine"]))
+    out["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
+    path = write_json(f"machine_{out['backend']}", out, args.json)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main(parse_args())
