@@ -40,6 +40,12 @@ COLUMNS = (("stein", "Stein"), ("stein_fixed_h", "Stein, fixed h"), ("ssge", "SS
            ("ssge_fixed_h", "SSGE, fixed h"), ("median_ms", "median heuristic"))
 
 
+def estimator_call(name: str, key, x, bandwidth=None) -> tuple:
+    """``(fn, args)`` of one jitted ``update`` + ``score`` of the estimator ``name`` on ``x``."""
+    est = kernel_estimator(name, bandwidth)
+    return update_and_score(est), (key, est.init(key, x), x)
+
+
 def bench_scaling(args, key) -> list[dict]:
     """Milliseconds of the five variants at every ``(d, M)`` of the two sweeps."""
     grid = [(args.scaling_dim, m) for m in args.scaling_particles]
@@ -52,8 +58,7 @@ def bench_scaling(args, key) -> list[dict]:
         calls = {"median_ms": (median_bw, (x,))}
         for name in KERNEL_NAMES:
             for label, bandwidth in ((name, None), (f"{name}_fixed_h", h)):
-                est = kernel_estimator(name, bandwidth)
-                calls[label] = (update_and_score(est), (key, est.init(key, x), x))
+                calls[label] = estimator_call(name, key, x, bandwidth)
         row = {"dim": dim, "particles": num}
         row.update({k: 1e3 * v for k, v in interleaved_times(calls, args.scaling_reps).items()})
         print(f"scaling d={dim} M={num}: " + ", ".join(

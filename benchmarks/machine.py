@@ -13,10 +13,13 @@ measure at length, each at the size that matters and cut to fit about 8 minutes 
   temperatures, 16 chains, 10 leapfrog steps) for the tanh decoder z = 8 → 256 → 256 → 784 on
   random binary images: test images per second after compilation, and the time all 10,000
   MNIST test images would take.
-* **Kernel estimators:** ``kernel_cost.bench_scaling`` (one jitted ``update`` + ``score`` of
-  Stein and SSGE, with the median-heuristic bandwidth and with it fixed) against the number of
-  particles M at d = 50.
+* **Kernel estimators:** one jitted ``update`` + ``score`` of Stein and SSGE with the
+  median-heuristic bandwidth (``kernel_cost.estimator_call``) against the number of particles M
+  at d = 50, timed in turn.
 * **Tests** (``--tests``): the wall time of the fast test suite, ``python -m pytest -q``.
+
+Each point is timed for as many rounds (up to ``--reps``) as fit in ``--budget`` seconds, judged
+by its first round, and reports the median (``common.interleaved_times``).
 
 Usage::
 
@@ -36,6 +39,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -48,7 +52,7 @@ import step_cost
 from autoencoders import decoder_net, vae_svi
 from common import fmt_ms, int_list, interleaved_times, markdown_table, table, write_json
 from mnist_vae_wae import decoder_log_likelihood
-from models import stoch_vol_data
+from models import KERNEL_NAMES, stoch_vol_data
 
 from implicitvi import evaluation
 
@@ -60,18 +64,29 @@ VAES = (("gaussian", None, "Gaussian encoder (ELBO)"), ("implicit", "ssm", "impl
 DATA_DIM, PIXEL_P = 784, 0.13  # MNIST's size and roughly its share of pixels that are on
 
 
+def timed_ms(calls: dict, args) -> tuple[dict[str, float], int]:
+    """Median milliseconds of each call and the rounds timed: one round first (it compiles what
+    is not yet compiled), then ``interleaved_times`` with the rounds that fit in the budget."""
+    start = time.perf_counter()
+    for fn, fn_args in calls.values():
+        jax.block_until_ready(fn(*fn_args))
+    reps = int(min(args.reps, max(1, args.budget // (time.perf_counter() - start))))
+    return {k: 1e3 * v for k, v in interleaved_times(calls, reps).items()}, reps
+
+
 def bench_step_cost(args) -> list[dict]:
     """Milliseconds of each guide's and the baseline's step at every D, and their ratios."""
-    cfg = argparse.Namespace(particles=args.particles, lr=1e-2, warmup=2)
+    cfg = argparse.Namespace(particles=args.particles, lr=1e-2, warmup=0)
     rows = []
     for dim in args.dims:
         data = stoch_vol_data(dim - 3)
         runs = {name: step_cost.compiled_update(name, data, cfg)
                 for name in (BASELINE, *(g for g, _ in GUIDES))}
         calls = {name: (r["update"], (r["state"],)) for name, r in runs.items()}
-        ms = {k: 1e3 * v for k, v in interleaved_times(calls, args.step_reps).items()}
+        ms, reps = timed_ms(calls, args)
         for name, label in GUIDES:
-            rows.append({"guide": label, "dim": dim, "particles": args.particles, "ms": ms[name],
+            rows.append({"guide": label, "dim": dim, "particles": args.particles, "reps": reps,
+                         "ms": ms[name],
                          "baseline_ms": ms[BASELINE], "ratio": ms[name] / ms[BASELINE]})
             print(f"step cost D={dim}: {label} {ms[name]:.2f} ms, MVN {ms[BASELINE]:.2f} ms",
                   flush=True)
@@ -93,9 +108,10 @@ def bench_vae(args, key) -> list[dict]:
         state = svi.init(key, x, args.latent_dim, hidden)
         update = jax.jit(lambda s, svi=svi: svi.update(s, x, args.latent_dim, hidden))
         calls[label] = (update, (state,))
-    ms = {k: 1e3 * v for k, v in interleaved_times(calls, args.vae_reps).items()}
+    ms, reps = timed_ms(calls, args)
     print("VAE step: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
-    return [{"encoder": k, "batch": args.batch, "latent_dim": args.latent_dim, "ms": v}
+    return [{"encoder": k, "batch": args.batch, "latent_dim": args.latent_dim, "reps": reps,
+             "ms": v}
             for k, v in ms.items()]
 
 
@@ -128,10 +144,15 @@ def bench_ais(args, key) -> dict:
 
 
 def bench_kernels(args, key) -> list[dict]:
-    """``kernel_cost.bench_scaling`` against M at d = ``args.kernel_dim``."""
-    scaling = argparse.Namespace(scaling_dim=args.kernel_dim, scaling_particles=args.kernel_m,
-                                 scaling_dims=[], scaling_reps=args.kernel_reps)
-    return kernel_cost.bench_scaling(scaling, key)
+    """Milliseconds of Stein's and SSGE's ``update`` + ``score`` at every M, timed in turn."""
+    rows = []
+    for num in args.kernel_m:
+        x = jax.random.normal(jax.random.fold_in(key, num), (num, args.kernel_dim))
+        calls = {name: kernel_cost.estimator_call(name, key, x) for name in KERNEL_NAMES}
+        ms, reps = timed_ms(calls, args)
+        rows.append({"dim": args.kernel_dim, "particles": num, "reps": reps, **ms})
+        print(f"kernels M={num}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), flush=True)
+    return rows
 
 
 def bench_tests() -> dict:
@@ -164,10 +185,14 @@ def machine_table(out: dict) -> dict:
     rows.append(["AIS, z = 8 decoder", f"{a['temperatures']} temperatures, {a['chains']} chains, "
                  f"{a['leapfrog']} leapfrog, {a['rows']} images", f"{a['images_per_second']:.2f} "
                  f"images/s; 10,000 test images: {duration(a['test_set_hours'] * 3600)}"])
-    for r in out["kernels"]:
-        for col, label in (("stein", "Stein"), ("ssge", "SSGE")):
+    for name, label in (("stein", "Stein"), ("ssge", "SSGE")):
+        prev = None
+        for r in out["kernels"]:
+            slope = "" if prev is None else " (slope {:.2f})".format(
+                math.log(r[name] / prev[name]) / math.log(r["particles"] / prev["particles"]))
             rows.append([f"{label} update + score", f"M = {r['particles']}, d = {r['dim']}",
-                         f"{fmt_ms(r[col])} ms ({fmt_ms(r[col + '_fixed_h'])} ms, fixed h)"])
+                         f"{fmt_ms(r[name])} ms{slope}"])
+            prev = r
     if out.get("tests"):
         t = out["tests"]
         rows.append(["fast test suite", "python -m pytest -q", f"{duration(t['seconds'])} "
@@ -183,31 +208,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tests", action="store_true", help="also time the fast test suite")
     p.add_argument("--dims", type=int_list, default=[103, 503, 2000], help="step-cost D values")
     p.add_argument("--particles", type=int, default=16, help="step-cost particles")
-    p.add_argument("--step-reps", type=int, default=20, help="timed step-cost rounds")
+    p.add_argument("--reps", type=int, default=20, help="most timed rounds of a point")
+    p.add_argument("--budget", type=float, default=8.0, help="seconds of timed rounds a point")
     p.add_argument("--batch", type=int, default=128, help="VAE batch")
     p.add_argument("--latent-dim", type=int, default=8, help="VAE and AIS latent dimension")
     p.add_argument("--hidden", type=int_list, default=[256, 256], help="VAE and AIS widths")
     p.add_argument("--kernel-samples", type=int, default=100, help="Stein/SSGE draws per image")
-    p.add_argument("--vae-reps", type=int, default=20, help="timed VAE rounds")
     p.add_argument("--ais-rows", type=int, default=None,
-                   help="images of the timed AIS call (default 10 on a CPU, else 100)")
+                   help="images of the timed AIS call (default 4 on a CPU, else 100)")
     p.add_argument("--ais-temperatures", type=int, default=1000)
     p.add_argument("--ais-chains", type=int, default=16)
     p.add_argument("--ais-leapfrog", type=int, default=10)
     p.add_argument("--kernel-dim", type=int, default=50, help="d of the kernel-cost check")
     p.add_argument("--kernel-m", type=int_list, default=[500, 1000, 2000, 5000],
                    help="M values of the kernel-cost check")
-    p.add_argument("--kernel-reps", type=int, default=3, help="timed kernel-cost rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="results file (default results/machine_BACKEND.json)")
     args = p.parse_args(argv)
     if args.ais_rows is None:
-        args.ais_rows = 10 if jax.default_backend() == "cpu" else 100
+        args.ais_rows = 4 if jax.default_backend() == "cpu" else 100
     if args.quick:
-        args.dims, args.particles, args.step_reps = [13], 4, 3
-        args.batch, args.hidden, args.kernel_samples, args.vae_reps = 16, [32], 10, 3
+        args.dims, args.particles, args.reps, args.budget = [13], 4, 3, 1.0
+        args.batch, args.hidden, args.kernel_samples = 16, [32], 10
         args.ais_rows, args.ais_temperatures, args.ais_chains, args.ais_leapfrog = 4, 20, 4, 2
-        args.kernel_m, args.kernel_reps = [50, 100], 2
+        args.kernel_m = [50, 100]
     return args
 
 

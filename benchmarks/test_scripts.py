@@ -105,3 +105,24 @@ def test_compare_guides_picks_the_best_baseline_per_metric_and_rate(tmp_path):
                                     "0.200 (AutoIAFNormal)", "0.100", "1/4"]]
     assert t["best_rate"]["rows"] == [["m", "0.050 (AutoMultivariateNormal)", "0.250",
                                        "0.200 (AutoIAFNormal)", "0.100"]]
+
+
+@pytest.mark.slow
+def test_machine(tmp_path):
+    import math
+
+    import machine
+
+    out = tmp_path / "r.json"
+    machine.main(machine.parse_args(["--quick", "--json", str(out)]))
+    data = read_json(out)
+    results = data["results"]
+    assert results["backend"] == data["machine"]["backend"]
+    ratios = [r["ratio"] for r in results["step_cost"]]
+    assert len(ratios) == len(machine.GUIDES) and all(0 < r < math.inf for r in ratios)
+    assert [r["encoder"] for r in results["vae"]] == [label for *_, label in machine.VAES]
+    assert all(0 < r["ms"] < math.inf for r in results["vae"])
+    assert results["ais"]["finite"] and 0 < results["ais"]["images_per_second"] < math.inf
+    assert [r["particles"] for r in results["kernels"]] == [50, 100]
+    rows = tables(out)["machine"]["rows"]
+    assert len(rows) == len(ratios) + len(machine.VAES) + 1 + 2 * 2 + 1
