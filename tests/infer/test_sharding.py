@@ -90,11 +90,13 @@ def sharded_run(tmp_path_factory):
     root = Path(__file__).resolve().parents[2]  # this checkout's implicitvi, and tests/helpers
     path = [str(root), str(root / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
-    # A low optimisation level halves the compile time; the partitioning does not depend on it.
+    # Flags of its own, not the parent's (a benchmark module imported earlier in the session may
+    # have set some that stop XLA reading the rest). A low optimisation level halves the compile
+    # time; the partitioning does not depend on it.
     env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+        f"--xla_force_host_platform_device_count={DEVICES}"
         " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    ).strip()
+    )
     proc = subprocess.run(
         [sys.executable, __file__, str(out)],
         env=env, capture_output=True, text=True, timeout=300, check=False,
