@@ -221,11 +221,10 @@ def float64_run(tmp_path_factory):
     root = str(Path(__file__).resolve().parents[1])  # this checkout's implicitvi
     path = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
-    # Compiling at a low optimisation level halves the compile time; dtypes do not depend on it.
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-        " --xla_llvm_disable_expensive_passes=true"
-    ).strip()
+    # Flags of its own, not the session's (a benchmark module imported earlier may have set some
+    # that stop XLA reading the rest). Compiling at a low optimisation level halves the compile
+    # time; dtypes do not depend on it.
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     proc = subprocess.run(
         [sys.executable, __file__, str(out)],
         env=env, capture_output=True, text=True, timeout=300, check=False,
