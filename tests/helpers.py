@@ -1,6 +1,12 @@
 """Shared test helpers: relative error, the streaming fit loop, targets with known scores, and
 the models the inference tests fit (with their closed-form or NUTS references)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +132,30 @@ def stream_fit(est, key, draw, steps, state=None):
     for step in range(steps):
         state = update(jax.random.fold_in(key, step), state, *batch())
     return state
+
+
+# --- test files that run themselves as scripts in a subprocess ------------------------------
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+"""XLA flags that halve compile time; dtypes and partitioning do not depend on them."""
+
+
+def run_as_script(script, out, *, xla_flags=FAST_COMPILE, env=None, timeout=300) -> dict:
+    """Run the test file ``script`` as a script (``python script out``) on CPU with this
+    checkout and ``tests/`` on the path; its last stdout line is a JSON report, to which the
+    arrays it saved in ``out/fits.npz`` are added as ``"fits"``. The subprocess gets XLA flags
+    of its own, not the session's: a benchmark module imported earlier may have set some that
+    stop XLA reading the rest."""
+    tests = Path(__file__).resolve().parent
+    path = [str(tests.parent), str(tests), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path),
+           "XLA_FLAGS": xla_flags, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    with np.load(Path(out) / "fits.npz") as fits:
+        report["fits"] = dict(fits)
+    return report

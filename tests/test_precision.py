@@ -16,14 +16,13 @@ Determinism: the same PRNG key gives bitwise the same score-estimator update on 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_as_script
 
 STEPS = 3  # SVI steps per fit
 
@@ -218,22 +217,7 @@ def float64_report(out_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def float64_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("float64")
-    root = str(Path(__file__).resolve().parents[1])  # this checkout's implicitvi
-    path = [root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
-    # Flags of its own, not the session's (a benchmark module imported earlier may have set some
-    # that stop XLA reading the rest). Compiling at a low optimisation level halves the compile
-    # time; dtypes do not depend on it.
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    proc = subprocess.run(
-        [sys.executable, __file__, str(out)],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    with np.load(out / "fits.npz") as fits:
-        report["fits"] = dict(fits)
-    return report
+    return run_as_script(__file__, out, env={"JAX_ENABLE_X64": "1"})
 
 
 def test_float64_end_to_end(float64_run):

@@ -10,13 +10,12 @@ over particles differs), and the sharded step must be compiled as a partitioned 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import FAST_COMPILE, run_as_script
 
 STEPS = 20
 DEVICES = 4
@@ -71,6 +70,8 @@ def _script(out):
         "particles": lambda: ImplicitELBO(num_particles=6, mesh="local"),
         "empty": lambda: ImplicitELBO(num_particles=8, mesh=[]),
         "kind": lambda: ImplicitELBO(num_particles=8, mesh="gpu"),
+        "not_devices": lambda: ImplicitELBO(num_particles=8, mesh=["cpu"]),
+        "empty_mesh": lambda: ImplicitELBO(num_particles=8, mesh=Mesh(np.zeros(0, object), ("p",))),
         "batch": lambda: run_minibatch(svi, jax.random.PRNGKey(1), data, 2, batch_size=6,
                                        progress_bar=False, mesh="local"),
     }.items():
@@ -86,26 +87,8 @@ def _script(out):
 
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharding")
-    root = Path(__file__).resolve().parents[2]  # this checkout's implicitvi, and tests/helpers
-    path = [str(root), str(root / "tests"), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
-    # Flags of its own, not the parent's (a benchmark module imported earlier in the session may
-    # have set some that stop XLA reading the rest). A low optimisation level halves the compile
-    # time; the partitioning does not depend on it.
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={DEVICES}"
-        " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    )
-    proc = subprocess.run(
-        [sys.executable, __file__, str(out)],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    with np.load(out / "fits.npz") as fits:
-        report["fits"] = dict(fits)
-    return report
+    flags = f"--xla_force_host_platform_device_count={DEVICES} {FAST_COMPILE}"
+    return run_as_script(__file__, tmp_path_factory.mktemp("sharding"), xla_flags=flags)
 
 
 def test_sharded_particles_agree_with_one_device(sharded_run):
@@ -130,7 +113,9 @@ def test_meshes_that_do_not_fit_are_named(sharded_run):
     errors = sharded_run["errors"]
     assert "num_particles (6) must be a multiple of the 4 devices" in errors["particles"]
     assert "ValueError: mesh: the device list is empty" == errors["empty"]
-    assert "mesh must be None, 'local'" in errors["kind"]
+    assert "ValueError: mesh must be None, 'local', a sequence of devices or a jax.sharding.Mesh, got 'gpu'" == errors["kind"]
+    assert "TypeError: mesh must be None, 'local', a sequence of devices or a jax.sharding.Mesh, got list" == errors["not_devices"]
+    assert "ValueError: mesh has no devices" == errors["empty_mesh"]
     assert "batch_size (6) must be a multiple of the 4 devices" in errors["batch"]
 
 
