@@ -114,16 +114,25 @@ class AutoSampler(AutoContinuous):
                     "out, e.g. with numpyro.contrib.funsor, or observe it"
                 )
 
-    def _network(self, out_dim):
+    def _network(self, out_dim, rate=1.0):
         """``self.network`` as a function ``(..., K) -> (..., out_dim)``, its parameters a param
-        site (or registered by the factory)."""
+        site (or registered by the factory).
+
+        With ``rate`` ``r``, the param site holds ``θ / r`` and the network is applied at ``θ``:
+        an optimizer whose steps do not depend on the gradient's scale (Adam, RMSProp) then moves
+        ``θ`` at ``r`` times its learning rate, as if the network had a learning rate of its own.
+        """
         name = f"{self.prefix}_sampler"
         if _checks.is_network(self.network):
             net = self.network
             # The default float type, as the noise and the other parameters (float64 under x64).
             dtype = jnp.result_type(float)
-            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, out_dim, dtype))
-            return lambda eps: net.apply(params, eps)
+
+            def init(key):
+                return jax.tree.map(lambda a: a / rate, net.init(key, self.noise_dim, out_dim, dtype))
+
+            stored = numpyro.param(name, init)
+            return lambda eps: net.apply(jax.tree.map(lambda a: rate * a, stored), eps)
         return self.network(name, self.noise_dim, out_dim)
 
     def _draw(self, sample_shape=()):

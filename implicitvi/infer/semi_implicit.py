@@ -87,11 +87,12 @@ class AutoSemiImplicit(AutoSampler):
             (``"stein"``, ``"ssge"``, ``"ssm"``) ignores them.
         min_scale: ``σ_min``, a floor on the conditional scale (in whitened units), which keeps
             the regression targets ``−ε₁/σ`` bounded; ``0 ≤ σ_min < 1/√2``.
-        network_scale: a constant multiplying the network's output. Under Adam, whose steps have
-            the size of the learning rate whatever the gradient's, it is the mixing network's
-            learning rate relative to ``μ`` and ``L``: left at 1, the network widens ``w`` faster
-            than ``L`` takes up the scale and than the score network follows, and fits at a
-            learning rate of 1e-2 diverge; see docs/benchmarks.md.
+        network_rate: the mixing network's step size relative to ``μ`` and ``L``'s under an
+            optimizer whose steps do not depend on the gradient's scale (Adam, RMSProp; under SGD
+            it is squared): the param site ``{prefix}_sampler`` holds the network's parameters
+            divided by it. At a rate of 1 the network widens ``w`` faster than ``L`` takes up the
+            scale and than the score network follows, and fits at Adam's 1e-2 diverge; see
+            docs/benchmarks.md.
         init_scale: initial diagonal of ``L``.
         flow: ``None`` (default) or ``"iaf"`` / ``"bnaf"``: a normalizing flow ``T`` between
             the mixing and the affine map, ``u = μ + L T(w)``, built as NumPyro's
@@ -127,7 +128,7 @@ class AutoSemiImplicit(AutoSampler):
         network=None,
         estimator=None,
         min_scale: float = 0.01,
-        network_scale: float = 0.1,
+        network_rate: float = 0.1,
         init_scale: float = 0.1,
         flow: str | None = None,
         num_components: int = 0,
@@ -142,8 +143,8 @@ class AutoSemiImplicit(AutoSampler):
             _checks.check_choice(flow, "flow", ("iaf", "bnaf"))
         self.flow = flow
         _checks.check_in_range(min_scale, "min_scale", 0.0, 0.5**0.5, high_open=True)
-        _checks.check_positive(network_scale, "network_scale")
-        self.network_scale = network_scale
+        _checks.check_positive(network_rate, "network_rate")
+        self.network_rate = network_rate
         self.noise_dim = noise_dim
         self.network = MLP(hidden, zero_output=True) if network is None else network
         self.estimator = regression_estimator() if estimator is None else get_estimator(estimator)
@@ -157,9 +158,7 @@ class AutoSemiImplicit(AutoSampler):
         """The conditional Gaussian's ``(m(ε₂), σ(ε₂))``, each ``(..., D)``."""
         d = self.latent_dim
         half = 0.5**0.5
-        # The output scale slows the mixing network under Adam (whose steps have the size of
-        # the learning rate whatever the gradient's): g moves at the pace of μ and L.
-        out = self.network_scale * mixing(eps2)
+        out = mixing(eps2)
         loc = half * eps2[..., :d] + out[..., :d]
         # σ ∈ (σ_min, σ_min + 2 (1/√2 − σ_min)); at the start σ_min + (1/√2 − σ_min) = 1/√2, so
         # that w ~ N(0, I): the overall scale stays with L, the network shapes within it.
@@ -168,7 +167,7 @@ class AutoSemiImplicit(AutoSampler):
 
     def _draw_latent(self, sample_shape):
         d = self.latent_dim
-        mixing = self._network(2 * d)
+        mixing = self._network(2 * d, rate=self.network_rate)
         key_mix, key_noise = jax.random.split(numpyro.prng_key())
         eps2 = jax.random.normal(key_mix, sample_shape + (self.noise_dim,))
         eps1 = jax.random.normal(key_noise, sample_shape + (d,))

@@ -47,6 +47,24 @@ def test_guide_starts_as_the_gaussian_of_its_loc_and_scale():
     assert abs(np.corrcoef(draws.T)[0, 1]) < 0.03
 
 
+def test_network_rate_is_the_mixing_networks_step_size_under_adam():
+    # Adam's first step moves every parameter with a non-zero gradient by lr (its update is
+    # lr · g / |g|); the network's weights as applied move by network_rate · lr.
+    lr, moves = 1e-3, {}
+    for rate in (1.0, 0.1):
+        guide = AutoSemiImplicit(regression, network_rate=rate)
+        svi = SVI(regression, guide, optax.adam(lr), ImplicitELBO(num_particles=4))
+        state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+        before = svi.get_params(state)
+        after = svi.get_params(svi.update(state, X_REG, Y_REG)[0])
+        applied = [rate * (a - b) for a, b in zip(jax.tree.leaves(after["auto_sampler"]),
+                                                  jax.tree.leaves(before["auto_sampler"]))]
+        moves[rate] = np.max(np.abs(np.concatenate([np.ravel(m) for m in applied])))
+        np.testing.assert_allclose(np.abs(after["auto_loc"] - before["auto_loc"]), lr, rtol=1e-3)
+    np.testing.assert_allclose(moves[1.0], lr, rtol=1e-3)
+    np.testing.assert_allclose(moves[0.1], 0.1 * lr, rtol=1e-3)
+
+
 @pytest.mark.slow
 def test_kernel_estimators_ignore_the_conditional_scores():
     guide = AutoSemiImplicit(regression, estimator="stein")
@@ -59,8 +77,8 @@ def test_kernel_estimators_ignore_the_conditional_scores():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="min_scale"):
         AutoSemiImplicit(regression, min_scale=0.8)
-    with pytest.raises(ValueError, match="network_scale"):
-        AutoSemiImplicit(regression, network_scale=0.0)
+    with pytest.raises(ValueError, match="network_rate"):
+        AutoSemiImplicit(regression, network_rate=0.0)
     with pytest.raises(ValueError, match="no context"):
         AutoSemiImplicit(regression, estimator=ScoreNet(conditional=True))
     with pytest.raises(ValueError, match="unknown flow 'maf'"):
