@@ -5,17 +5,25 @@ from implicitvi.infer.autoguide import AutoImplicit
 from implicitvi.infer.elbo import ImplicitELBO
 from implicitvi.infer.nonfinite import floating_point_errors
 from implicitvi.infer.primitives import implicit_sample
+from implicitvi.infer.score_check import ScoreCheck, score_check
 from implicitvi.infer.semi_implicit import AutoSemiImplicit
-from implicitvi.infer.training import TrainResult, load_checkpoint, run_minibatch, save_checkpoint
+from implicitvi.infer.training import (
+    TrainResult,
+    load_checkpoint,
+    run_minibatch,
+    save_checkpoint,
+)
 
 __all__ = [
     "AutoImplicit",
     "AutoSemiImplicit",
     "ImplicitELBO",
+    "ScoreCheck",
     "TrainResult",
     "floating_point_errors",
     "implicit_sample",
     "load_checkpoint",
     "run_minibatch",
     "save_checkpoint",
+    "score_check",
 ]

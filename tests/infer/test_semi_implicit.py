@@ -11,7 +11,12 @@ from helpers import POST_COV, POST_MEAN, X_REG, Y_REG, fit, regression
 from numpyro.infer import SVI
 
 from implicitvi.estimators import ScoreNet
-from implicitvi.infer import AutoSemiImplicit, ImplicitELBO, implicit_sample
+from implicitvi.infer import (
+    AutoSemiImplicit,
+    ImplicitELBO,
+    implicit_sample,
+    score_check,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +43,20 @@ def test_conjugate_gaussian_posterior_matches_closed_form(regression_fit):
 def test_guide_starts_as_the_gaussian_of_its_loc_and_scale():
     guide = AutoSemiImplicit(regression, init_scale=0.3)
     svi = SVI(regression, guide, optax.adam(1e-3), ImplicitELBO(num_particles=4))
-    params = svi.get_params(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG))
+    state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+    params = svi.get_params(state)
     draws = np.asarray(guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(20_000,))["beta"])
     loc = np.asarray(params["auto_loc"])
     # Mean error of 20,000 draws: 0.3/141 ≈ 0.002; sd error ≈ 0.3 · 0.5%.
     np.testing.assert_allclose(draws.mean(0), loc, atol=0.01)
     np.testing.assert_allclose(draws.std(0), [0.3, 0.3], rtol=0.03)
     assert abs(np.corrcoef(draws.T)[0, 1]) < 0.03
+    # Its score network starts at the exact score −w: no gap to the moment-matched Gaussian,
+    # and the regression loss is C = ½ E||t + w||² = D/2 (t + w = (ε₂ − ε₁)/√2 per coordinate).
+    check = score_check(jax.random.PRNGKey(2), guide, params, state.mutable_state, X_REG, Y_REG,
+                        num_draws=4096)["_auto_latent"]
+    assert abs(check.gap) < 0.01
+    np.testing.assert_allclose(check.loss, 1.0, atol=0.06)
 
 
 def test_network_rate_is_the_mixing_networks_step_size_under_adam():
