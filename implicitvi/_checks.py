@@ -69,6 +69,16 @@ def check_queries(queries, dim: int, name: str = "queries") -> jax.Array:
     return arr
 
 
+def check_dtype(arr: jax.Array, name: str, dtype) -> None:
+    """``TypeError`` unless ``arr`` has the floating ``dtype`` of the state it meets (under
+    ``jax_enable_x64`` a float32 state and float64 data would otherwise mix silently)."""
+    if arr.dtype != dtype:
+        raise TypeError(
+            f"{name} must have dtype {jnp.dtype(dtype).name}, the dtype of the samples the "
+            f"estimator's state was created from, got {arr.dtype}; cast one to the other"
+        )
+
+
 def _check_number(value, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")

@@ -211,7 +211,27 @@ def float64_report(out_dir: Path) -> dict:
         trace(f"{name} SVI step", svi.update, state, arg)
 
     np.savez(out_dir / "fits.npz", **{k: np.asarray(v) for k, v in fits.items()})
-    return {"problems": list(dict.fromkeys(problems))}
+
+    # Mixed dtypes: a state created from float32 samples meets float64 data.
+    x32 = jnp.ones((6, 2), jnp.float32) + jnp.arange(12, dtype=jnp.float32).reshape(6, 2) / 7
+    x64 = x32.astype(jnp.float64)
+    mixed = {}
+    calls = {
+        "Stein.score": lambda: Stein().score(Stein().init(key, x32), x64),
+        "SSGE.score": lambda: SSGE().score(SSGE().init(key, x32), x64),
+        "ScoreNet.score": lambda: ScoreNet(hidden=(4,)).score(ScoreNet(hidden=(4,)).init(key, x32), x64),
+        "ScoreNet.update": lambda: ScoreNet(hidden=(4,)).update(key, ScoreNet(hidden=(4,)).init(key, x32), x64),
+        "ScoreNet.update targets": lambda: ScoreNet(hidden=(4,), objective="regression").update(
+            key, ScoreNet(hidden=(4,), objective="regression").init(key, x32), x32, targets=x64
+        ),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            mixed[name] = None
+        except TypeError as e:
+            mixed[name] = str(e)
+    return {"problems": list(dict.fromkeys(problems)), "mixed": mixed}
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +252,17 @@ def test_float64_end_to_end(float64_run):
     for name, value in fits.items():
         assert value.dtype == np.float64, name
         assert np.all(np.isfinite(value)), name
+
+
+def test_mixed_dtypes_under_x64_are_named(float64_run):
+    mixed = float64_run["mixed"]
+    arg = {"ScoreNet.update": "samples", "ScoreNet.update targets": "targets"}
+    for call, message in mixed.items():
+        name = arg.get(call, "queries")
+        assert message == (
+            f"{name} must have dtype float32, the dtype of the samples the estimator's state was "
+            "created from, got float64; cast one to the other"
+        ), call
 
 
 def test_guides_fitted_twice_from_the_same_key_agree_bitwise(float64_run):

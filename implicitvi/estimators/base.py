@@ -171,14 +171,15 @@ class EstimatorChecks:
         _checks.check_finite(context, name)
         return context
 
-    def _check_queries(self, dim: int, context_dim: int | None, queries, context):
-        """Validate ``(m, dim)`` queries and their context."""
+    def _check_queries(self, dim: int, context_dim: int | None, queries, context, dtype):
+        """Validate ``(m, dim)`` queries of the state's ``dtype`` and their context."""
         if queries is None:
             raise ValueError(
                 f"queries: {type(self).__name__}.score needs the (m, {dim}) points to score "
                 "(pass the samples themselves for in-sample estimates)"
             )
         queries = _checks.check_queries(queries, dim)
+        _checks.check_dtype(queries, "queries", dtype)
         return queries, self._check_context(context, queries.shape[0], "context", context_dim)
 
 

@@ -177,6 +177,7 @@ class ScoreNet(EstimatorChecks):
                 f"samples must have {state.template.shape[1]} columns as at init, "
                 f"got shape {tuple(samples.shape)}"
             )
+        _checks.check_dtype(samples, "samples", state.template.dtype)
         if self.needs_targets:
             if targets is None:
                 raise ValueError(
@@ -184,6 +185,7 @@ class ScoreNet(EstimatorChecks):
                     "each sample, shape (n, d)"
                 )
             targets = _checks.as_float_array(targets, "targets")
+            _checks.check_dtype(targets, "targets", state.template.dtype)
             if targets.shape != samples.shape:
                 raise ValueError(
                     f"targets must have the shape of samples {tuple(samples.shape)}, "
@@ -259,7 +261,9 @@ class ScoreNet(EstimatorChecks):
     def score(self, state: ScoreNetState, queries, context=None) -> jax.Array:
         """The network's ``(m, d)`` scores at ``(m, d)`` queries (and their ``(m, c)`` context)."""
         self._check_state(state, ScoreNetState)
-        queries, context = self._check_queries(state.template.shape[1], _dim(state), queries, context)
+        queries, context = self._check_queries(
+            state.template.shape[1], _dim(state), queries, context, state.template.dtype
+        )
         return self.apply(state.params, queries, context)
 
 

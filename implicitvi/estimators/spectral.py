@@ -151,6 +151,8 @@ class SSGE(EstimatorChecks):
     def score(self, state: SSGEState, queries, context=None) -> jax.Array:
         """``(m, d)`` scores ``ĝ`` at ``(m, d)`` queries (the same formula in and out of sample)."""
         self._check_state(state, SSGEState)
-        queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
+        queries, _ = self._check_queries(
+            state.samples.shape[1], None, queries, context, state.samples.dtype
+        )
         out = self.eigenfunctions(state, queries) @ state.beta
         return out - queries if self.base == "normal" else out

@@ -127,7 +127,9 @@ class Stein(EstimatorChecks):
         evaluating the extension.
         """
         self._check_state(state, SteinState)
-        queries, _ = self._check_queries(state.samples.shape[1], None, queries, context)
+        queries, _ = self._check_queries(
+            state.samples.shape[1], None, queries, context, state.samples.dtype
+        )
         if queries.shape != state.samples.shape:
             return self._mixed(state, queries)
         return jax.lax.cond(
