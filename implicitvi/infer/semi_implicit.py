@@ -113,10 +113,9 @@ class AutoSemiImplicit(AutoSampler):
         num_samples: draws used by :meth:`median` and :meth:`quantiles`.
         prefix, init_loc_fn: as in NumPyro's autoguides.
 
-    On the posterior-accuracy benchmark (docs/benchmarks.md), Adam at 1e-2 gives its best
-    results, but it stopped non-finite there on stochastic volatility (D = 103) and on the pump
-    model; at 1e-3 it stayed finite on the five models it ran on, and the slowed mixing network
-    needs more than 5,000 steps there.
+    On the posterior-accuracy benchmark (docs/benchmarks.md) it stays finite under Adam at 1e-2
+    and 1e-3 on all eight models, and is more accurate at 1e-2; watch its score network with
+    :func:`~implicitvi.infer.score_check`.
     """
 
     def __init__(
