@@ -5,7 +5,7 @@ from implicitvi.infer.autoguide import AutoImplicit
 from implicitvi.infer.elbo import ImplicitELBO
 from implicitvi.infer.nonfinite import floating_point_errors
 from implicitvi.infer.primitives import implicit_sample
-from implicitvi.infer.score_check import ScoreCheck, score_check
+from implicitvi.infer.score_quality import ScoreCheck, score_check
 from implicitvi.infer.semi_implicit import AutoSemiImplicit
 from implicitvi.infer.training import (
     TrainResult,

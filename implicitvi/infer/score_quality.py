@@ -57,7 +57,7 @@ def score_check(
         guide: the guide, as given to ``SVI``.
         params: its parameters (``svi.get_params(svi_state)``).
         mutable_state: ``svi_state.mutable_state``, which holds each site's score network.
-        *args, **kwargs: the guide's arguments.
+        args, kwargs: the guide's positional and keyword arguments (as given to ``svi.init``).
         num_draws: guide draws (particles) to evaluate on; more than the site's latent
             dimension (the Gaussian's covariance must be non-singular). A site inside a plate
             contributes a draw per element: pooled without a context (as
