@@ -40,10 +40,16 @@ def test_conjugate_gaussian_posterior_matches_closed_form(regression_fit):
     assert abs(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]) - true_corr) < 0.1
 
 
-def test_guide_starts_as_the_gaussian_of_its_loc_and_scale():
+@pytest.fixture(scope="module")
+def initialised():
+    """An AutoSemiImplicit guide with its defaults (L = 0.3 I) at svi.init, under Adam 1e-3."""
     guide = AutoSemiImplicit(regression, init_scale=0.3)
     svi = SVI(regression, guide, optax.adam(1e-3), ImplicitELBO(num_particles=4))
-    state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+    return guide, svi, svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+
+
+def test_guide_starts_as_the_gaussian_of_its_loc_and_scale(initialised):
+    guide, svi, state = initialised
     params = svi.get_params(state)
     draws = np.asarray(guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(20_000,))["beta"])
     loc = np.asarray(params["auto_loc"])
@@ -59,15 +65,14 @@ def test_guide_starts_as_the_gaussian_of_its_loc_and_scale():
     np.testing.assert_allclose(check.loss, 1.0, atol=0.06)
 
 
-def test_network_rate_is_the_mixing_networks_step_size_under_adam():
+def test_network_rate_is_the_mixing_networks_step_size_under_adam(initialised):
     # Adam's first step moves every parameter with a non-zero gradient by lr (its update is
     # lr · g / |g|): μ by lr, the network's weights as applied by network_rate · lr.
-    lr, rate = 1e-3, 0.1
-    guide = AutoSemiImplicit(regression, network_rate=rate)
-    svi = SVI(regression, guide, optax.adam(lr), ImplicitELBO(num_particles=4))
-    state = svi.init(jax.random.PRNGKey(0), X_REG, Y_REG)
+    guide, svi, state = initialised
+    lr, rate = 1e-3, guide.network_rate
+    assert rate == 0.1
     before = svi.get_params(state)
-    after = svi.get_params(svi.update(state, X_REG, Y_REG)[0])
+    after = svi.get_params(jax.jit(svi.update)(state, X_REG, Y_REG)[0])
     moved = [rate * (a - b) for a, b in zip(jax.tree.leaves(after["auto_sampler"]),
                                             jax.tree.leaves(before["auto_sampler"]))]
     np.testing.assert_allclose(np.abs(after["auto_loc"] - before["auto_loc"]), lr, rtol=1e-3)
