@@ -6,6 +6,7 @@ The runs that compile many programs (tens of seconds on two busy cores) are mark
 import compare_guides
 import gaussian_score_matching
 import kernel_cost
+import lgcp_scale
 import posterior_accuracy
 import pytest
 import score_estimation
@@ -79,6 +80,30 @@ def test_step_cost(tmp_path):
                     "--json", str(out)])
     n = len(step_cost.CONFIGS)
     assert [r[1] for r in tables(out)["step_cost"]["rows"]] == ["103"] * n + ["13"] * n
+
+
+@pytest.mark.slow
+def test_lgcp_scale(tmp_path):
+    out = tmp_path / "r.json"
+    lgcp_scale.main(lgcp_scale.parse_args(
+        ["--quick", "--dims", "16", "--guides", "implicit-ssm,normal", "--json", str(out)]))
+    rows = read_json(out)["results"]["rows"]
+    assert [(r["guide"], r["dim"]) for r in rows] == [("AutoImplicit", 16), ("AutoNormal", 16)]
+    assert all(r["step_ms"] > 0 and r["compile_s"] > 0 and r["params"] > 0 for r in rows)
+    assert rows[0]["score_ms"] > 0 and rows[0]["transform_ms"] > 0
+    assert all(r["memory"] is None or r["memory"] > 0 for r in rows)
+    table_rows = tables(out)["scale"]["rows"]
+    assert [r[:2] for r in table_rows] == [[r["guide"], str(r["dim"])] for r in rows]
+    assert table_rows[0][6] != "—" and table_rows[1][6] == "—"  # score estimator: AutoImplicit only
+
+
+def test_lgcp_scale_skips_guides_by_their_memory():
+    # float32, 8 copies of a D × D factor: 3.2 GB at D = 10,000, 51 GB at D = 40,000
+    assert lgcp_scale.skip_reason("mvn", 10_000, 16, max_gb=6) is None
+    reason = lgcp_scale.skip_reason("implicit-ssm", 40_000, 16, max_gb=6)
+    assert reason.startswith("skipped: D×D Cholesky factor needs 51.") and "6 GB" in reason
+    assert lgcp_scale.skip_reason("normal", 40_000, 16, max_gb=6) is None
+    assert lgcp_scale.parts("semi-implicit", 10)["mixing MLP"] == 10 * 64 + 64 + 64 * 64 + 64 + 64 * 20 + 20
 
 
 def test_compare_guides_picks_the_best_baseline_per_metric_and_rate(tmp_path):
