@@ -26,6 +26,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_median
+from numpyro.primitives import Messenger
 
 from implicitvi import _checks
 from implicitvi.estimators import SSGE, ScoreNet, Stein
@@ -54,6 +55,25 @@ WHITENED = {
 }
 """Estimator names → the configurations AutoImplicit uses for them: all shrink towards the
 standard normal's score, which is where the whitened latent ``w`` starts."""
+
+
+class _ParamRate(Messenger):
+    """Param sites registered inside hold their values divided by ``rate``; the code inside
+    sees them multiplied back. The stored value is what the optimizer steps (and what a trace
+    records: it copies the site before this handler's ``postprocess_message``)."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.rate = rate
+
+    def process_message(self, msg):
+        if msg["type"] == "param" and self.rate != 1.0:
+            init, rate = msg["fn"], self.rate
+            msg["fn"] = lambda *a, **k: jax.tree.map(lambda x: x / rate, init(*a, **k))
+
+    def postprocess_message(self, msg):
+        if msg["type"] == "param" and self.rate != 1.0:
+            msg["value"] = jax.tree.map(lambda x: self.rate * x, msg["value"])
 
 
 class AutoSampler(AutoContinuous):
@@ -118,22 +138,20 @@ class AutoSampler(AutoContinuous):
         """``self.network`` as a function ``(..., K) -> (..., out_dim)``, its parameters a param
         site (or registered by the factory).
 
-        With ``rate`` ``r``, the param site holds ``θ / r`` and the network is applied at ``θ``:
-        an optimizer whose steps do not depend on the gradient's scale (Adam, RMSProp) then moves
-        ``θ`` at ``r`` times its learning rate, as if the network had a learning rate of its own.
+        With ``rate`` ``r``, every param site the network registers holds ``θ / r`` and the
+        network is applied at ``θ`` (:class:`_ParamRate`): an optimizer whose steps do not
+        depend on the gradient's scale (Adam, RMSProp) then moves ``θ`` at ``r`` times its
+        learning rate, as if the network had a learning rate of its own.
         """
         name = f"{self.prefix}_sampler"
-        if _checks.is_network(self.network):
+        with _ParamRate(rate):
+            if not _checks.is_network(self.network):
+                return self.network(name, self.noise_dim, out_dim)
             net = self.network
             # The default float type, as the noise and the other parameters (float64 under x64).
             dtype = jnp.result_type(float)
-
-            def init(key):
-                return jax.tree.map(lambda a: a / rate, net.init(key, self.noise_dim, out_dim, dtype))
-
-            stored = numpyro.param(name, init)
-            return lambda eps: net.apply(jax.tree.map(lambda a: rate * a, stored), eps)
-        return self.network(name, self.noise_dim, out_dim)
+            params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, out_dim, dtype))
+        return lambda eps: net.apply(params, eps)
 
     def _draw(self, sample_shape=()):
         """``(u, w, log|det L|, implicit_sample keywords)`` for ``sample_shape`` draws."""

@@ -8,6 +8,7 @@ import numpyro.distributions as dist
 import optax
 import pytest
 from helpers import POST_COV, POST_MEAN, X_REG, Y_REG, fit, regression
+from numpyro import handlers
 from numpyro.infer import SVI
 
 from implicitvi.estimators import ScoreNet
@@ -81,6 +82,22 @@ def test_network_rate_is_the_mixing_networks_step_size_under_adam(initialised):
     # At the start only the output layer (which starts at zero) has a gradient: all of it moves.
     _, out_b = (rate * (a - b) for a, b in zip(after["auto_sampler"][-1], before["auto_sampler"][-1]))
     np.testing.assert_allclose(np.abs(out_b), rate * lr, rtol=1e-3)
+
+
+def test_network_rate_applies_to_the_parameters_a_factory_registers():
+    seen = {}
+
+    def factory(name, noise_dim, out_dim):
+        weights = numpyro.param(name, jnp.full((noise_dim, out_dim), 0.5))
+        seen["weights"] = weights
+        return lambda eps: eps @ weights
+
+    guide = AutoSemiImplicit(regression, network=factory, network_rate=0.1)
+    with handlers.trace() as tr, handlers.seed(rng_seed=0):
+        guide(X_REG, Y_REG)
+    # The optimizer holds θ / 0.1; the factory's network runs at θ.
+    np.testing.assert_allclose(tr["auto_sampler"]["value"], 5.0)
+    np.testing.assert_allclose(seen["weights"], 0.5)
 
 
 @pytest.mark.slow
