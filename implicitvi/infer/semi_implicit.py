@@ -89,8 +89,8 @@ class AutoSemiImplicit(AutoSampler):
             the regression targets ``−ε₁/σ`` bounded; ``0 ≤ σ_min < 1/√2``.
         network_rate: the mixing network's step size relative to ``μ`` and ``L``'s under an
             optimizer whose steps do not depend on the gradient's scale (Adam, RMSProp; under SGD
-            it is squared): the param site ``{prefix}_sampler`` holds the network's parameters
-            divided by it. At a rate of 1 the network widens ``w`` faster than ``L`` takes up the
+            it is squared): the network's param sites (the default's ``{prefix}_sampler``, or
+            those a factory registers) hold its parameters divided by it. At a rate of 1 the network widens ``w`` faster than ``L`` takes up the
             scale and than the score network follows, and fits at Adam's 1e-2 diverge; see
             docs/benchmarks.md.
         init_scale: initial diagonal of ``L``.
