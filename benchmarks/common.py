@@ -134,17 +134,37 @@ def median_time(fn: Callable[[], Any], repeats: int = 30, warmup: int = 2) -> fl
 
 
 def interleaved_times(calls: dict[str, tuple[Callable, tuple]], repeats: int) -> dict[str, float]:
-    """Median seconds of each ``fn(*args)`` in ``calls`` after one warm-up call each, the calls
-    timed in turn for ``repeats`` rounds, so that load from other processes hits all alike."""
+    """Median seconds of each ``fn(*args)`` in ``calls`` over ``repeats`` rounds
+    (:func:`budgeted_times` without a budget)."""
+    return budgeted_times(calls, repeats)[0]
+
+
+def budgeted_times(
+    calls: dict[str, tuple[Callable, tuple]],
+    rounds: int,
+    budget_s: float = float("inf"),
+    min_rounds: int = 1,
+) -> tuple[dict[str, float], int]:
+    """Median seconds of each ``fn(*args)`` in ``calls`` and the number of rounds timed.
+
+    One untimed round first (it compiles what is not yet compiled); then the calls are timed in
+    turn, round after round, so that load from other processes hits all alike: ``rounds`` rounds,
+    or as many as fit in ``budget_s`` seconds judged by the first timed round, and at least
+    ``min_rounds``."""
     for fn, args in calls.values():
         jax.block_until_ready(fn(*args))
-    times = {name: [] for name in calls}
-    for _ in range(repeats):
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    done, target = 0, 1
+    while done < target:
         for name, (fn, args) in calls.items():
             start = time.perf_counter()
             jax.block_until_ready(fn(*args))
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(v)) for name, v in times.items()}
+        done += 1
+        if done == 1:
+            first = sum(v[0] for v in times.values())
+            target = int(min(rounds, max(min_rounds, budget_s // first if first > 0 else rounds)))
+    return {name: float(np.median(v)) for name, v in times.items()}, done
 
 
 def seed_summary(runs: Sequence[dict], metrics: Sequence[str]) -> dict[str, Any]:

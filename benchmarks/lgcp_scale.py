@@ -40,7 +40,15 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
-from common import fmt_ms, int_list, markdown_table, str_list, table, write_json
+from common import (
+    budgeted_times,
+    fmt_ms,
+    int_list,
+    markdown_table,
+    str_list,
+    table,
+    write_json,
+)
 from models import make_guide_and_elbo
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
@@ -162,23 +170,6 @@ def transform_call(dim: int) -> tuple:
     return jax.jit(jax.grad(lambda x: jnp.sum(t(x)))), (packed,)
 
 
-def timed_rounds(calls: dict, args) -> tuple[dict[str, float], int]:
-    """Median ms of each call, timed in turn after one untimed round (it compiles what is not
-    yet compiled), for ``--steps`` rounds or as many (``--min-steps`` at least) as fit in
-    ``--budget`` seconds judged by the first timed round."""
-    for fn, fn_args in calls.values():
-        jax.block_until_ready(fn(*fn_args))
-    times, reps = {k: [] for k in calls}, 1
-    while len(times[next(iter(calls))]) < reps:
-        for k, (fn, fn_args) in calls.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*fn_args))
-            times[k].append(1e3 * (time.perf_counter() - t0))
-        first = 1e-3 * sum(v[0] for v in times.values())
-        reps = int(min(args.steps, max(args.min_steps, args.budget // first)))
-    return {k: float(np.median(v)) for k, v in times.items()}, reps
-
-
 def bench_dim(dim: int, key, args) -> list[dict]:
     """Every guide at one D: compiled, then timed in turn; skipped guides carry their reason."""
     k_data, k_init = jax.random.split(key)
@@ -200,7 +191,8 @@ def bench_dim(dim: int, key, args) -> list[dict]:
             row.update(run)
             print(f"D={dim} {label}: compiled in {row['compile_s']:.1f} s", flush=True)
         rows.append(row)
-    ms, reps = timed_rounds(calls, args) if calls else ({}, 0)
+    seconds, reps = budgeted_times(calls, args.steps, args.budget, args.min_steps) if calls else ({}, 0)
+    ms = {k: 1e3 * v for k, v in seconds.items()}
     for row in (r for r in rows if r["skipped"] is None):
         row.update(step_ms=ms[row["guide"]], reps=reps)
         if row["guide"] == "AutoImplicit":

@@ -4,7 +4,7 @@ measure at length, each at the size that matters and cut to fit about 8 minutes 
 * **Step cost:** one jitted ``svi.update`` of ``AutoImplicit`` (SSM) and ``AutoSemiImplicit``
   with ``ImplicitELBO``, over ``AutoMultivariateNormal`` with ``Trace_ELBO``, at 16 particles
   on :func:`models.stoch_vol` with ``D - 3`` time points (as ``step_cost.py``), the three timed
-  in turn (``common.interleaved_times``) so that their ratio is taken under the same load.
+  in turn (``common.budgeted_times``) so that their ratio is taken under the same load.
 * **VAE step:** one jitted ``svi.update`` of the VAEs of :mod:`autoencoders` at the MNIST scale
   of Song et al. (784 inputs, batch 128, z = 8, 256-256 networks) on random binary data: the
   Gaussian encoder (the ordinary ELBO) and the implicit encoder with SSM, Stein and SSGE (100
@@ -19,7 +19,7 @@ measure at length, each at the size that matters and cut to fit about 8 minutes 
 * **Tests** (``--tests``): the wall time of the fast test suite, ``python -m pytest -q``.
 
 Each point is timed for as many rounds (up to ``--reps``) as fit in ``--budget`` seconds, judged
-by its first round, and reports the median (``common.interleaved_times``).
+by its first timed round, and reports the median (``common.budgeted_times``).
 
 Usage::
 
@@ -49,17 +49,9 @@ import jax
 import jax.numpy as jnp
 import kernel_cost
 import step_cost
+from autoencoder_eval import decoder_log_likelihood
 from autoencoders import decoder_net, vae_svi
-from common import (
-    fmt_ms,
-    int_list,
-    interleaved_times,
-    markdown_table,
-    median_time,
-    table,
-    write_json,
-)
-from mnist_vae_wae import decoder_log_likelihood
+from common import budgeted_times, fmt_ms, int_list, markdown_table, table, write_json
 from models import KERNEL_NAMES, stoch_vol_data
 
 from implicitvi import evaluation
@@ -73,16 +65,10 @@ DATA_DIM, PIXEL_P = 784, 0.13  # MNIST's size and roughly its share of pixels th
 
 
 def timed_ms(calls: dict, args) -> tuple[dict[str, float], int]:
-    """Median milliseconds of each call and the rounds timed: one round first (it compiles what
-    is not yet compiled), then ``interleaved_times`` with the rounds that fit in the budget, or
-    one more call each where the first round alone overran it."""
-    start = time.perf_counter()
-    for fn, fn_args in calls.values():
-        jax.block_until_ready(fn(*fn_args))
-    reps = int(min(args.reps, args.budget // (time.perf_counter() - start)))
-    if reps < 1:
-        return {k: 1e3 * median_time(lambda c=c: c[0](*c[1]), 1, 0) for k, c in calls.items()}, 1
-    return {k: 1e3 * v for k, v in interleaved_times(calls, reps).items()}, reps
+    """Median milliseconds of each call and the rounds timed (``common.budgeted_times`` with
+    ``--reps`` rounds at most and ``--budget`` seconds)."""
+    seconds, reps = budgeted_times(calls, args.reps, args.budget)
+    return {k: 1e3 * v for k, v in seconds.items()}, reps
 
 
 def bench_step_cost(args) -> list[dict]:

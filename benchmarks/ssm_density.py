@@ -116,11 +116,8 @@ def flow(dim, hidden, layers):
 
 
 def options(method, args):
-    if method == "dsm":
-        return {"sigma": args.sigma}
-    if method == "fd_ssm":
-        return {"eps": args.eps}
-    return {}
+    """The objective's own keyword arguments."""
+    return {"dsm": {"sigma": args.sigma}, "fd_ssm": {"eps": args.eps}}.get(method, {})
 
 
 def chunked_mean(fn, x, chunk):
@@ -186,8 +183,7 @@ def bench_dim(dim, steps, key, args):
     calls = {}
     for method in args.methods:
         def loss(p, k, method=method):
-            opts = options(method, args)
-            return score_matching_loss(energy, p, batch, k, objective=method, **opts)
+            return score_matching_loss(energy, p, batch, k, objective=method, **options(method, args))
 
         calls[method] = (jax.jit(jax.value_and_grad(loss)), (params0, k_time))
     step_s = interleaved_times(calls, args.time_reps)
@@ -204,8 +200,7 @@ def bench_dim(dim, steps, key, args):
         rows[method] = evaluate(params, test)
         rows[method].update(step_ms=1e3 * step_s[method], train_s=seconds)
         print(f"d={dim:4d} {LABELS[method]:8s} {1e3 * step_s[method]:9.2f} ms/step, "
-            f"fit {seconds:6.1f} s, "
-            f"test SM {rows[method]['sm']:.3f}, Fisher {rows[method]['fisher']:.3f}, "
+              f"fit {seconds:6.1f} s, test SM {rows[method]['sm']:.3f}, Fisher {rows[method]['fisher']:.3f}, "
             f"NLL {rows[method]['nll']:.3f}", flush=True)
     return rows
 
@@ -314,6 +309,7 @@ def main(args):
         plot(results, args)
         print(f"wrote {args.figure}")
     return out
+
 
 if __name__ == "__main__":
     main(parse_args())

@@ -1,0 +1,120 @@
+"""Evaluation of a trained MNIST autoencoder (used by ``mnist_vae_wae.py`` and ``machine.py``):
+the fixed binarized test set, the decoder's log-likelihood, encoder draws, the IWAE and AIS
+negative log-likelihoods with per-image values, and the figure of samples, reconstructions and
+the loss curve."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from autoencoders import decoder_net
+
+from implicitvi import datasets, evaluation
+
+
+def binarized_test_images(data):
+    """The test images (n, data_dim) binarized once, with a key that does not depend on
+    ``--seed``, so that every model and seed is scored on the same binary images."""
+    key = jax.random.split(jax.random.PRNGKey(0), 4)[2]
+    return datasets.binarize(key, jnp.asarray(data.test.images))
+
+
+def decoder_log_likelihood(params, hidden, data_dim, activation):
+    """log p(x | z) for one latent vector z (d,) and one binary image x (data_dim,)."""
+    apply = decoder_net(hidden, data_dim, activation)[1]
+
+    def log_lik(z, x):
+        return dist.Bernoulli(logits=apply(params["decoder$params"], z)).log_prob(x).sum()
+
+    return log_lik
+
+
+def encoder_draws(guide, params, x, latent_dim, hidden, key, num):
+    """``num`` encoder samples per row of ``x``: (num, n, latent_dim)."""
+
+    def one(k):
+        seeded = numpyro.handlers.substitute(numpyro.handlers.seed(guide, k), data=params)
+        return numpyro.handlers.trace(seeded).get_trace(x, latent_dim, hidden)["z"]["value"]
+
+    return jax.lax.map(one, jax.random.split(key, num))
+
+
+def standard_error(values):
+    """Standard error of the mean over test images (0 for a single image)."""
+    values = np.asarray(values, np.float64)
+    return float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
+
+
+def evaluate(key, args, log_lik, test_x, loc, scale):
+    """NLLs, their standard errors and per-image values (``args``: the driver's options
+    ``iwae_rows``, ``iwae_samples``, ``ais_rows``, ``latent_dim``, ``ais_temperatures``,
+    ``ais_chains``, ``ais_leapfrog``): the IWAE bound with the Gaussian proposal
+    N(loc, S Sᵀ) per row (``scale``: standard deviations (n, d) or Cholesky factors (n, d, d)),
+    and AIS from the prior."""
+    results = {}
+    iwae_key, ais_key = jax.random.split(key)
+    if args.iwae_rows:
+        start = time.perf_counter()
+        iwae = evaluation.iwae_log_likelihood(
+            iwae_key, log_lik, test_x[: args.iwae_rows], loc, scale, num_samples=args.iwae_samples
+        )
+        results.update(per_image_summary("iwae", iwae.log_likelihood))
+        results["iwae_seconds"] = time.perf_counter() - start
+    if args.ais_rows:
+        start = time.perf_counter()
+        ais = evaluation.ais_log_likelihood(
+            ais_key, log_lik, test_x[: args.ais_rows], args.latent_dim, schedule=args.ais_temperatures,
+            num_chains=args.ais_chains, num_leapfrog=args.ais_leapfrog,
+        )
+        results.update(per_image_summary("ais", ais.log_likelihood))
+        results["ais_seconds"] = time.perf_counter() - start
+    return results
+
+
+def per_image_summary(kind, log_likelihood):
+    """The mean NLL over the images, its standard error and the per-image NLLs (n,)."""
+    # np.mean defers to the JAX array's own reduction: its summation order sets the last digits.
+    return {f"{kind}_nll": float(-np.mean(log_likelihood)), f"{kind}_nll_se": standard_error(log_likelihood),
+            f"{kind}_nll_per_image": -np.asarray(log_likelihood), f"{kind}_rows": int(log_likelihood.size)}
+
+
+def save_figure(path, samples, test_x, reconstructions, losses, title):
+    """Decoder means of prior draws, test images beside their reconstructions, and the loss
+    curve (smoothed over a 200th of the run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    side = int(round(np.sqrt(test_x.shape[-1])))
+
+    def grid(images, cols):
+        rows = len(images) // cols
+        tiles = np.asarray(images[: rows * cols]).reshape(rows, cols, side, side)
+        return tiles.transpose(0, 2, 1, 3).reshape(rows * side, cols * side)
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))
+    axes[0].imshow(grid(samples, 8), cmap="gray")
+    axes[0].set_title("samples (decoder means, z ~ p(z))")
+    pairs = np.stack([np.asarray(test_x[:32]), np.asarray(reconstructions[:32])], 1).reshape(64, -1)
+    axes[1].imshow(grid(pairs, 8), cmap="gray")
+    axes[1].set_title("test images | reconstructions")
+    for ax in axes[:2]:
+        ax.axis("off")
+    window = max(1, len(losses) // 200)
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    axes[2].plot(np.arange(len(smooth)) + window, smooth)
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("loss per image (nats)")
+    axes[2].set_title("training loss")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
