@@ -86,12 +86,15 @@ def score_check(
             and site.get("infer", {}).get("implicit_conditional_score") is not None
         }
 
+    estimators = {}  # each site's estimator, recorded while the draws are traced
+
     def draw(key):
         """Each site's draws, targets and context as ``(B, m, ·)``: ``B`` plate elements, ``m``
         draws of each (its ``entropy_draws``, or 1)."""
         out = {}
         for name, site in trace(key).items():
             infer = site["infer"]
+            estimators[name] = infer["estimator"]
             latent, context = infer["implicit_entropy_draws"], infer["implicit_context"]
             if latent is None:
                 latent = infer["implicit_latent"][..., None, :]
@@ -102,14 +105,14 @@ def score_check(
             out[name] = (group(latent), group(targets), group(context))
         return out
 
-    sites = trace(rng_key)
-    if not sites:
+    keys = jax.random.split(rng_key, num_draws)
+    traced = jax.jit(jax.vmap(draw)).trace(keys)  # traced once, checked before it is compiled
+    if not estimators:
         raise ValueError(
             "score_check: the guide has no implicit site with conditional scores "
             "(implicit_sample(..., conditional_score=...), as AutoSemiImplicit's)"
         )
-    for name, site in sites.items():
-        est = site["infer"]["estimator"]
+    for name, est in estimators.items():
         if not est.persistent:
             raise ValueError(
                 f"score_check: implicit site '{name}' has the kernel estimator "
@@ -121,11 +124,10 @@ def score_check(
                 f"score_check: mutable_state has no score state of implicit site '{name}'; pass "
                 "svi_state.mutable_state of an SVI state of this guide"
             )
-    draws = jax.jit(jax.vmap(draw))(jax.random.split(rng_key, num_draws))
+    draws = traced.lower().compile()(keys)
     return {
-        name: _check_site(name, site["infer"]["estimator"],
-                          mutable_state[state_name(name)]["score"], *draws[name])
-        for name, site in sites.items()
+        name: _check_site(name, est, mutable_state[state_name(name)]["score"], *draws[name])
+        for name, est in estimators.items()
     }
 
 
