@@ -14,6 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from numpyro.infer import SVI
+from xla_flags import FAST_COMPILE
 
 # --- estimator data and targets with known scores ----------------------------------------
 
@@ -135,9 +136,6 @@ def stream_fit(est, key, draw, steps, state=None):
 
 
 # --- test files that run themselves as scripts in a subprocess ------------------------------
-
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-"""XLA flags that halve compile time; dtypes and partitioning do not depend on them."""
 
 
 def run_as_script(script, out, *, xla_flags=FAST_COMPILE, env=None, timeout=300) -> dict:
