@@ -2,12 +2,16 @@ r"""The auto-encoders of Song, Garg, Shi & Ermon (UAI 2019, §5.3) as NumPyro pr
 :mod:`mnist_vae_wae`.
 
 VAE: a Bernoulli decoder z → hidden → x (tanh, the paper's code, or softplus) under a
-standard-normal prior, with one of three guides:
+standard-normal prior, with one of four guides:
 
 * ``implicit``: the encoder f([x, ε]) → z, ε ~ N(0, I) with dim ε = dim z, whose density is
   unknown; the entropy gradient comes from a score estimator on a site with context x;
 * ``whitened``: z = μ(x) + σ(x) ⊙ w with w = ε + tanh(α) · tanh(g([x, ε])), so that
   H[z | x] = Σ log σ(x) + H[w | x] and only the near-normal w is score-estimated;
+* ``semi-implicit``: z = μ(x) + σ(x) ⊙ w with w = ε₂/√2 + g([x, ε₂]) + s([x, ε₂]) ⊙ ε₁, a
+  continuous Gaussian mixture around the Gaussian encoder whose conditional score −ε₁/s is
+  known at each draw: a conditional network fitted to it by regression (one RMSProp step per
+  model step) gives the score of q(w | x);
 * ``gaussian``: q(z | x) = N(μ(x), diag σ(x)²), the ordinary ELBO.
 
 The estimators are an SSM-VR conditional score network on concat(z, x), one step per model step,
@@ -146,6 +150,37 @@ def whitened_implicit_encoder(estimator, draws=None):
     return guide
 
 
+def semi_implicit_encoder(estimator, min_scale=0.01, mixing_rate=0.1):
+    """Guide z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g([x, ε₂]) + s([x, ε₂]) ⊙ ε₁,
+    s ∈ (min_scale, √2), (g, h) behind a gate that starts at zero (w ~ N(0, I): the Gaussian
+    encoder) and whose parameter is stored divided by ``mixing_rate`` (under RMSProp it moves at
+    that fraction of the learning rate). H[z | x] = Σ log σ(x) + H[w | x]; the site carries the
+    conditional score −ε₁/s of w, the regression target of ``estimator``."""
+
+    def guide(x, latent_dim, hidden):
+        batch, data_dim = x.shape
+        gaussian = numpyro.module("encoder", mlp(hidden, 2 * latent_dim), (batch, data_dim))
+        net = noise_mlp(hidden, 2 * latent_dim, data_dim)
+        mixing = numpyro.module("mixing", net, (batch, data_dim + latent_dim))
+        gate = mixing_rate * numpyro.param("mixing_gate", jnp.zeros(()))
+        key_mix, key_noise = jax.random.split(numpyro.prng_key())
+        eps2 = jax.random.normal(key_mix, (batch, latent_dim), x.dtype)
+        eps1 = jax.random.normal(key_noise, (batch, latent_dim), x.dtype)
+        loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
+        g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
+        half = 0.5**0.5
+        s = min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
+        w = half * eps2 + g + s * eps1
+        with numpyro.plate("batch", batch):
+            implicit_sample(
+                "z", loc + jnp.exp(log_scale) * w, latent=w, log_abs_det_jacobian=log_scale.sum(-1),
+                support=constraints.real_vector, context=x, estimator=estimator,
+                conditional_score=-eps1 / s,
+            )
+
+    return guide
+
+
 def gaussian_encoder(x, latent_dim, hidden):
     """Guide q(z | x) = N(μ(x), diag σ(x)²), the ordinary VAE."""
     batch, data_dim = x.shape
@@ -156,11 +191,16 @@ def gaussian_encoder(x, latent_dim, hidden):
 
 
 def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100):
-    """SVI (RMSProp ``lr``) of the VAE with ``encoder`` in {implicit, whitened, gaussian} and,
-    for the first two, ``estimator`` in {ssm, stein, ssge}."""
+    """SVI (RMSProp ``lr``) of the VAE with ``encoder`` in {implicit, whitened, semi-implicit,
+    gaussian} and, for the first two, ``estimator`` in {ssm, stein, ssge} (the semi-implicit
+    encoder's is always a conditional network fitted by regression)."""
     model = bernoulli_decoder(activation)
     if encoder == "gaussian":
         return SVI(model, gaussian_encoder, optax.rmsprop(lr), Trace_ELBO())
+    if encoder == "semi-implicit":
+        est = ScoreNet(objective="regression", hidden=(256, 256), conditional=True, base="normal",
+                       optimizer=optax.rmsprop(lr))
+        return SVI(model, semi_implicit_encoder(est), optax.rmsprop(lr), ImplicitELBO(num_particles=1))
     # The whitened encoder's w is near-normal: its estimators shrink towards the normal score.
     base = "normal" if encoder == "whitened" else "zero"
     draws = None if estimator == "ssm" else kernel_samples

@@ -78,7 +78,8 @@ def run_name(args):
     """File stem of a run: ``vae_{encoder}[_{estimator}]_z{d}`` or ``wae_{regularizer}_z{d}``,
     then ``_softplus`` for a softplus decoder and ``_seedN`` for a seed other than 0."""
     if args.command == "vae":
-        kind = args.encoder if args.encoder == "gaussian" else f"{args.encoder}_{args.estimator}"
+        kind = {"gaussian": "gaussian", "semi-implicit": "semi_implicit"}.get(
+            args.encoder, f"{args.encoder}_{args.estimator}")
     else:
         kind = args.regularizer
     activation = "" if args.decoder_activation == "tanh" else f"_{args.decoder_activation}"
@@ -90,7 +91,8 @@ def run_config(args):
     """What a checkpoint must match to be resumed. The decoder activation is absent for softplus,
     the only decoder when the first checkpoints were written, so that those still match."""
     if args.command == "vae":
-        model = {"encoder": args.encoder, "estimator": None if args.encoder == "gaussian" else args.estimator,
+        estimator = None if args.encoder in ("gaussian", "semi-implicit") else args.estimator
+        model = {"encoder": args.encoder, "estimator": estimator,
                  "kernel_samples": args.kernel_samples}
     else:
         model = {"regularizer": args.regularizer, "lam": args.lam}
@@ -262,7 +264,8 @@ def parse_args(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     vae = sub.add_parser("vae", help="train and evaluate one VAE")
     add_run_arguments(vae, "vae_out")
-    vae.add_argument("--encoder", choices=["implicit", "whitened", "gaussian"], default="implicit")
+    vae.add_argument("--encoder", choices=["implicit", "whitened", "semi-implicit", "gaussian"],
+                     default="implicit")
     vae.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
     vae.add_argument("--kernel-samples", type=int, default=100, help="encoder draws per x for stein/ssge")
     vae.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")

@@ -12,6 +12,7 @@ from mnist_vae_wae import main, parse_args, run_config, run_name
         (["vae", "--encoder", "gaussian", "--estimator", "stein"], "vae_gaussian_z8"),
         (["vae", "--estimator", "ssge", "--latent-dim", "32", "--seed", "1"], "vae_implicit_ssge_z32_seed1"),
         (["vae", "--encoder", "whitened", "--decoder-activation", "softplus"], "vae_whitened_ssm_z8_softplus"),
+        (["vae", "--encoder", "semi-implicit", "--estimator", "stein"], "vae_semi_implicit_z8"),
         (["wae", "--regularizer", "mmd", "--seed", "2"], "wae_mmd_z8_seed2"),
         (["wae", "--decoder-activation", "softplus"], "wae_ssm_z8_softplus"),
     ],

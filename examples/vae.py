@@ -6,7 +6,11 @@ gradient from a score estimator on the site ``z`` with the image as context: a c
 network s(z | x) trained by sliced score matching (SSM-VR) on the encoder's own draws, one step
 per model step inside ``svi.update``; or the Stein or spectral Stein (SSGE) estimator on
 ``--kernel-samples`` encoder draws per image, of which the decoder sees the first.
-``--encoder gaussian`` is the ordinary VAE. The decoder is Bernoulli, z → 256 → 256 (tanh) → x.
+``--encoder semi-implicit`` is a continuous Gaussian mixture, the Gaussian encoder's
+z = μ(x) + σ(x) ⊙ w with w ~ N(m(x, ε₂), diag s(x, ε₂)²) over mixing noise ε₂: the conditional
+score −ε₁/s of w is known at every draw, and a conditional network fitted to it by least squares
+has the score of q(w | x) as its minimiser. ``--encoder gaussian`` is the ordinary VAE.
+The decoder is Bernoulli, z → 256 → 256 (tanh) → x.
 
 Data: scikit-learn's 8×8 digits (no download), or MNIST with ``--data mnist.pkl.gz``; every
 batch is binarized afresh. The script prints the training loss and the test negative
@@ -69,6 +73,39 @@ def implicit_guide(estimator, draws=None):
     return guide
 
 
+def semi_implicit_guide(estimator, min_scale=0.01, mixing_rate=0.1):
+    """q(z | x) = E_ε₂ N(z; μ(x) + σ(x) m(x, ε₂), diag (σ(x) s(x, ε₂))²): the Gaussian encoder's
+    z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g(x, ε₂) + s(x, ε₂) ⊙ ε₁, with
+    s ∈ (min_scale, √2) and the gate on (g, h) at zero at the start, so that w ~ N(0, I) and the
+    encoder starts as the Gaussian one. The gate's parameter is stored divided by
+    ``mixing_rate``, so that under RMSProp it moves at that fraction of the learning rate (as
+    ``AutoSemiImplicit(network_rate=0.1)``): at the full rate the mixing outruns its score
+    network and the encoder narrows. H[z | x] = Σ log σ(x) + H[w | x], and the site carries
+    the conditional score −ε₁/s of w, the regression target of ``estimator``."""
+
+    def guide(x, latent_dim, hidden):
+        batch, data_dim = x.shape
+        gaussian = numpyro.module("encoder", mlp(hidden, 2 * latent_dim), (batch, data_dim))
+        mixing = numpyro.module("mixing", noise_mlp(hidden, 2 * latent_dim, data_dim), (batch, data_dim + latent_dim))
+        gate = mixing_rate * numpyro.param("mixing_gate", jnp.zeros(()))
+        key_mix, key_noise = jax.random.split(numpyro.prng_key())
+        eps2 = jax.random.normal(key_mix, (batch, latent_dim), x.dtype)
+        eps1 = jax.random.normal(key_noise, (batch, latent_dim), x.dtype)
+        loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
+        g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
+        half = 0.5**0.5
+        s = min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
+        w = half * eps2 + g + s * eps1
+        with numpyro.plate("batch", batch):
+            implicit_sample(
+                "z", loc + jnp.exp(log_scale) * w, latent=w, log_abs_det_jacobian=log_scale.sum(-1),
+                support=constraints.real_vector, context=x, estimator=estimator,
+                conditional_score=-eps1 / s,
+            )
+
+    return guide
+
+
 def gaussian_guide(x, latent_dim, hidden):
     """q(z | x) = N(μ(x), diag σ(x)²), the ordinary VAE."""
     batch, data_dim = x.shape
@@ -100,7 +137,11 @@ def noise_mlp(hidden, out_dim, data_dim):
 def make_svi(args):
     if args.encoder == "gaussian":
         return SVI(model, gaussian_guide, optax.rmsprop(args.lr), Trace_ELBO())
-    if args.estimator == "ssm":
+    if args.encoder == "semi-implicit":
+        estimator = ScoreNet(objective="regression", hidden=(256, 256), conditional=True, base="normal",
+                             optimizer=optax.rmsprop(args.lr))
+        guide = semi_implicit_guide(estimator)
+    elif args.estimator == "ssm":
         estimator = ScoreNet(objective="ssm_vr", num_projections=1, hidden=(256, 256), conditional=True,
                              optimizer=optax.rmsprop(args.lr))
         guide = implicit_guide(estimator)
@@ -181,7 +222,7 @@ def plot(path, samples, originals, reconstructions):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="mnist.pkl.gz or a directory with the MNIST IDX files (default: sklearn digits)")
-    p.add_argument("--encoder", choices=["implicit", "gaussian"], default="implicit")
+    p.add_argument("--encoder", choices=["implicit", "semi-implicit", "gaussian"], default="implicit")
     p.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
     p.add_argument("--kernel-samples", type=int, default=100, help="encoder draws per image for stein and ssge")
     p.add_argument("--latent-dim", type=int, default=8)
