@@ -281,6 +281,12 @@ def counting_model():
     numpyro.sample("x", dist.Normal(0, 1))
 
 
+def _small_implicit(model):
+    """AutoImplicit with a small network and a score network whose objective compiles fast (DSM:
+    no Hessian-vector products); these tests are about the state carried, not the estimator."""
+    return AutoImplicit(model, hidden=(8,), estimator=ScoreNet(objective="dsm", hidden=(8,)))
+
+
 def _mutable_after_three_updates(model, guide, elbo, *args):
     svi = SVI(model, guide, optax.adam(1e-2), elbo)
     state = svi.init(jax.random.PRNGKey(0), *args)
@@ -292,13 +298,13 @@ def _mutable_after_three_updates(model, guide, elbo, *args):
 
 def test_model_mutable_state_is_carried_as_trace_elbo_carries_it():
     expected = _mutable_after_three_updates(counting_model, AutoNormal(counting_model), Trace_ELBO())
-    got = _mutable_after_three_updates(counting_model, AutoImplicit(counting_model), ImplicitELBO(num_particles=1))
+    got = _mutable_after_three_updates(counting_model, _small_implicit(counting_model), ImplicitELBO(num_particles=1))
     assert float(expected["counter"]["n"]) == 4.0  # init and three updates
     assert float(got["counter"]["n"]) == 4.0
     # With several particles Trace_ELBO does not update mutable state; neither does ImplicitELBO,
     # which keeps it (and says so) instead of dropping it.
     with pytest.warns(UserWarning, match=r"mutable sites \['counter'\] are not updated with num_particles=4"):
-        kept = _mutable_after_three_updates(counting_model, AutoImplicit(counting_model), ImplicitELBO(num_particles=4))
+        kept = _mutable_after_three_updates(counting_model, _small_implicit(counting_model), ImplicitELBO(num_particles=4))
     assert float(kept["counter"]["n"]) == 1.0
     assert int(kept["__auto_latent_score_state"]["step"]) == 3
 
@@ -329,7 +335,7 @@ def batch_norm_model(x):
 def test_stateful_equinox_module_updates_as_under_trace_elbo():
     # The batch-norm statistics depend on the data only, so both ELBOs must move them alike.
     expected = _mutable_after_three_updates(batch_norm_model, AutoNormal(batch_norm_model), Trace_ELBO(), X_BN)
-    got = _mutable_after_three_updates(batch_norm_model, AutoImplicit(batch_norm_model), ImplicitELBO(num_particles=1), X_BN)
+    got = _mutable_after_three_updates(batch_norm_model, _small_implicit(batch_norm_model), ImplicitELBO(num_particles=1), X_BN)
     initial = jax.tree.leaves(BN_STATE)
     for e, g, i in zip(jax.tree.leaves(expected["bn$state"]), jax.tree.leaves(got["bn$state"]), initial):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-6)
