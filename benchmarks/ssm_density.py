@@ -199,9 +199,9 @@ def bench_dim(dim, steps, key, args):
         seconds = time.perf_counter() - t0
         rows[method] = evaluate(params, test)
         rows[method].update(step_ms=1e3 * step_s[method], train_s=seconds)
-        print(f"d={dim:4d} {LABELS[method]:8s} {1e3 * step_s[method]:9.2f} ms/step, "
-              f"fit {seconds:6.1f} s, test SM {rows[method]['sm']:.3f}, Fisher {rows[method]['fisher']:.3f}, "
-            f"NLL {rows[method]['nll']:.3f}", flush=True)
+        r = rows[method]
+        print(f"d={dim:4d} {LABELS[method]:8s} {r['step_ms']:9.2f} ms/step, fit {seconds:6.1f} s, "
+              f"test SM {r['sm']:.3f}, Fisher {r['fisher']:.3f}, NLL {r['nll']:.3f}", flush=True)
     return rows
 
 
