@@ -74,12 +74,18 @@ PAPER = {
 }
 
 
+# VAE encoders whose entropy needs no --estimator: the Gaussian's is exact, the semi-implicit
+# encoder's network is always fitted by regression.
+OWN_ESTIMATOR = ("gaussian", "semi-implicit")
+
+
 def run_name(args):
     """File stem of a run: ``vae_{encoder}[_{estimator}]_z{d}`` or ``wae_{regularizer}_z{d}``,
     then ``_softplus`` for a softplus decoder and ``_seedN`` for a seed other than 0."""
     if args.command == "vae":
-        kind = {"gaussian": "gaussian", "semi-implicit": "semi_implicit"}.get(
-            args.encoder, f"{args.encoder}_{args.estimator}")
+        kind = args.encoder.replace("-", "_")
+        if args.encoder not in OWN_ESTIMATOR:
+            kind = f"{kind}_{args.estimator}"
     else:
         kind = args.regularizer
     activation = "" if args.decoder_activation == "tanh" else f"_{args.decoder_activation}"
@@ -91,7 +97,7 @@ def run_config(args):
     """What a checkpoint must match to be resumed. The decoder activation is absent for softplus,
     the only decoder when the first checkpoints were written, so that those still match."""
     if args.command == "vae":
-        estimator = None if args.encoder in ("gaussian", "semi-implicit") else args.estimator
+        estimator = None if args.encoder in OWN_ESTIMATOR else args.estimator
         model = {"encoder": args.encoder, "estimator": estimator,
                  "kernel_samples": args.kernel_samples}
     else:

@@ -11,13 +11,9 @@ import pytest
 from models import MODELS
 from numpyro import handlers
 from numpyro.infer import Predictive
+from posterior_accuracy import latent_sites
 
 TWINNED = sorted(name for name, spec in MODELS.items() if spec.ref_to_model is not None)
-
-
-def latent_sites(model, args):
-    trace = handlers.trace(handlers.seed(model, 0)).get_trace(*args)
-    return [n for n, site in trace.items() if site["type"] == "sample" and not site["is_observed"]]
 
 
 def observed_log_likelihood(model, args, latents):

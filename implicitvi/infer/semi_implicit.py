@@ -90,9 +90,9 @@ class AutoSemiImplicit(AutoSampler):
         network_rate: the mixing network's step size relative to ``μ`` and ``L``'s under an
             optimizer whose steps do not depend on the gradient's scale (Adam, RMSProp; under SGD
             it is squared): the network's param sites (the default's ``{prefix}_sampler``, or
-            those a factory registers) hold its parameters divided by it. At a rate of 1 the network widens ``w`` faster than ``L`` takes up the
-            scale and than the score network follows, and fits at Adam's 1e-2 diverge; see
-            docs/benchmarks.md.
+            those a factory registers) hold its parameters divided by it. At a rate of 1 the
+            network widens ``w`` faster than ``L`` takes up the scale and than the score network
+            follows, and fits at Adam's 1e-2 diverge; see docs/benchmarks.md.
         init_scale: initial diagonal of ``L``.
         flow: ``None`` (default) or ``"iaf"`` / ``"bnaf"``: a normalizing flow ``T`` between
             the mixing and the affine map, ``u = μ + L T(w)``, built as NumPyro's
