@@ -479,7 +479,7 @@ MODELS = {
 
 GUIDES = ("normal", "mvn", "iaf", "bnaf", "dais", "steinvi", "implicit-ssm", "implicit-stein",
           "implicit-ssge", "semi-implicit", "semi-implicit-iaf", "semi-implicit-bnaf",
-          "semi-implicit-avg32")
+          "semi-implicit-avg32", "semi-implicit-mixture")
 LABELS = {
     "normal": "AutoNormal",
     "mvn": "AutoMultivariateNormal",
@@ -494,6 +494,7 @@ LABELS = {
     "semi-implicit-iaf": "AutoSemiImplicit (IAF frame)",
     "semi-implicit-bnaf": "AutoSemiImplicit (BNAF frame)",
     "semi-implicit-avg32": "AutoSemiImplicit (targets averaged over 32 components)",
+    "semi-implicit-mixture": "AutoSemiImplicit (mixture score)",
 }
 
 
@@ -521,7 +522,8 @@ def make_guide_and_elbo(name: str, model, particles: int):
         return AutoDAIS(model, init_loc_fn=init_to_median), Trace_ELBO(num_particles=particles)
     if name.startswith("semi-implicit"):
         variant = {"": {}, "-iaf": {"flow": "iaf"}, "-bnaf": {"flow": "bnaf"},
-                   "-avg32": {"num_components": 32}}[name[len("semi-implicit"):]]
+                   "-avg32": {"num_components": 32},
+                   "-mixture": {"score": "mixture"}}[name[len("semi-implicit"):]]
         guide = AutoSemiImplicit(model, init_loc_fn=init_to_median, **variant)
         return guide, ImplicitELBO(num_particles=particles)
     if name == "implicit-ssm-1":  # the step-cost variant: one score-network step per SVI step

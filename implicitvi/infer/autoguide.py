@@ -81,9 +81,10 @@ class AutoSampler(AutoContinuous):
     unconstrained vector ``u``, a draw ``u = μ + L w`` whose ``w`` has no closed-form density and
     is recorded by :func:`~implicitvi.infer.implicit_sample`, and posterior summaries from draws.
 
-    Subclasses set ``self.estimator``, ``self.network`` and ``self.noise_dim`` (``None``: the
-    latent dimension) before calling ``__init__`` here, and implement ``_draw_latent(sample_shape)
-    -> (w, implicit_sample keywords)``.
+    Subclasses set ``self.estimator`` (``None`` where ``_draw_latent`` gives the scores),
+    ``self.network`` and ``self.noise_dim`` (``None``: the latent dimension) before calling
+    ``__init__`` here, and implement ``_draw_latent(sample_shape) -> (w, implicit_sample
+    keywords)``.
     """
 
     def __init__(self, model, *, init_scale, num_samples, prefix, init_loc_fn):
@@ -95,7 +96,7 @@ class AutoSampler(AutoContinuous):
                 "(e.g. implicitvi.nets.MLP), or be a factory network(name, noise_dim, out_dim) -> "
                 f"apply; got {type(self.network).__name__}"
             )
-        if self.estimator.conditional:
+        if self.estimator is not None and self.estimator.conditional:
             raise ValueError(
                 f"estimator: {type(self).__name__}'s latent has no context; use an unconditional one"
             )

@@ -8,10 +8,10 @@ For particles :math:`(z^{(p)})_{p \le P}` drawn by the guide,
 where :math:`\log q_{\text{exact}}` sums the log densities of explicit guide sites and the exact
 (Jacobian) parts of implicit ones, and :math:`\mathcal{S}` is the entropy surrogate
 :func:`implicitvi.entropy.surrogate` on each implicit site's latent, with scores from that site's
-estimator. Per step, each estimator is first updated on the stop-gradiented particles of the
-step (kernel estimators refit, a network takes its ``steps_per_update`` optimizer steps, its
-state carried in the SVI state as a mutable site), then queried at those particles; it receives
-no gradient from the ELBO. Sites inside a plate are summed over the plate and scaled by the
+estimator (or, where the sampler gives them, its own scores). Per step, each estimator is first
+updated on the stop-gradiented particles of the step (kernel estimators refit, a network takes
+its ``steps_per_update`` optimizer steps, its state carried in the SVI state as a mutable site),
+then queried at those particles; it receives no gradient from the ELBO. Sites inside a plate are summed over the plate and scaled by the
 subsampling factor, like any other site.
 """
 
@@ -47,6 +47,7 @@ class _Draws(NamedTuple):
     scale: jax.Array  # (P,) the site's subsample scale
     extra: jax.Array | None  # (P, *batch, m, d) entropy_draws
     target: jax.Array | None  # conditional scores, shaped as the draws the entropy is taken at
+    score: jax.Array | None  # the scores themselves, when the sampler gives them; same shape
     state: Any  # the estimator state the particle's guide saw, with a leading P axis
 
 
@@ -60,7 +61,8 @@ class ImplicitELBO(ELBO):
             particles times plate elements on a site without one (it pools them).
         estimator: ``None`` (default) uses each site's own estimator (see
             :func:`~implicitvi.infer.implicit_sample`); otherwise an estimator or name
-            (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site. A name picks a kind:
+            (``"ssm"``, ``"stein"``, ``"ssge"``) used for every implicit site (but those whose
+            sampler gives its scores, ``implicit_sample(..., score=...)``). A name picks a kind:
             a site whose own estimator is of that kind keeps its configuration. A persistent
             estimator (a network) must be able to continue the state the site's own estimator
             created at ``svi.init`` (same state layout, see
@@ -160,6 +162,7 @@ class ImplicitELBO(ELBO):
                     jnp.asarray(1.0 if site["scale"] is None else site["scale"]),
                     infer["implicit_entropy_draws"],
                     infer.get("implicit_conditional_score"),
+                    infer.get("implicit_score"),
                     mutable.pop(state_name(name)),
                 )
         return model_lp - guide_lp, draws, mutable
@@ -198,7 +201,7 @@ class ImplicitELBO(ELBO):
 
     def _site_entropy(self, key, name, site, draws: _Draws):
         """The site's entropy surrogate, its new estimator state, and whether all was finite."""
-        latent, context, scale, extra, target, stored = draws
+        latent, context, scale, extra, target, given, stored = draws
         stored = jax.tree.map(lambda x: x[0], stored)  # the same in every particle
         plate_size = int(np.prod(latent.shape[1:-1]))
         if extra is not None:
@@ -214,6 +217,12 @@ class ImplicitELBO(ELBO):
                 f"{stored['template'].shape[-1]} when SVI was initialised; an implicit site's "
                 "value shape must not change between calls"
             )
+        if given is not None:
+            # The sampler gave its scores: nothing to fit.
+            scores = jax.lax.stop_gradient(given)
+            term = scale[0] * plate_size * surrogate(latent, scores)
+            ok = jnp.all(jnp.isfinite(jax.lax.stop_gradient(latent))) & jnp.all(jnp.isfinite(scores))
+            return term, {**stored, "step": stored["step"] + 1}, ok
         own = site["infer"]["estimator"]
         est = self._site_estimator(name, own, latent, context, latent.shape[0] * m)
         arrange, back = _rows(latent.shape, plate_size, m, by_element=isinstance(est, PerContext))

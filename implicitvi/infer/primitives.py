@@ -51,6 +51,7 @@ def implicit_sample(
     estimator=None,
     entropy_draws: jax.Array | None = None,
     conditional_score: jax.Array | None = None,
+    score: jax.Array | None = None,
     infer: dict | None = None,
 ):
     """Record an implicit sample site in a guide and return its constrained value.
@@ -88,12 +89,27 @@ def implicit_sample(
             ``entropy_draws`` when they are given. Its conditional mean given ``w`` is the score
             of ``w``, so an estimator with ``needs_targets`` (``ScoreNet(objective="regression")``)
             is fitted on it by least squares; other estimators ignore it.
+        score: the score ``∇_w log q(w)`` itself at each draw, for a sampler that can compute it
+            (exactly, or as a consistent estimate such as a semi-implicit sampler's conditional
+            scores averaged over many mixing draws): same shape as ``latent``, or as
+            ``entropy_draws`` when they are given. The entropy surrogate uses it as it is and no
+            estimator is fitted, so ``estimator`` and ``conditional_score`` must not be given
+            (nor does :class:`~implicitvi.infer.ImplicitELBO`'s ``estimator`` apply to the site).
         infer: further entries for the site's ``infer`` dict (e.g. ``{"is_auxiliary": True}``).
 
     Returns:
         The constrained value ``T(u)``.
     """
-    est = _default_estimator(context) if estimator is None else get_estimator(estimator)
+    if score is not None and (estimator is not None or conditional_score is not None):
+        given = "estimator" if estimator is not None else "conditional_score"
+        raise ValueError(
+            f"implicit site '{name}': score=... is the score itself, so no estimator is fitted; "
+            f"do not pass {given} with it"
+        )
+    if score is not None:
+        est = None
+    else:
+        est = _default_estimator(context) if estimator is None else get_estimator(estimator)
     value = jnp.asarray(value)
     transform = biject_to(support)
     event_dim = transform.codomain.event_dim
@@ -116,15 +132,16 @@ def implicit_sample(
                 f"implicit site '{name}': entropy_draws must have shape batch_shape + (m, d) = "
                 f"{batch_shape} + (m, {latent.shape[-1]}), got {entropy_draws.shape}"
             )
+    drawn = latent if entropy_draws is None else entropy_draws
+    for label, given in (("conditional_score", conditional_score), ("score", score)):
+        if given is not None and jnp.shape(given) != drawn.shape:
+            raise ValueError(
+                f"implicit site '{name}': {label} must have the shape of "
+                f"{'latent' if entropy_draws is None else 'entropy_draws'} {drawn.shape}, "
+                f"got {jnp.shape(given)}"
+            )
     if conditional_score is not None:
         conditional_score = jnp.asarray(conditional_score)
-        drawn = latent if entropy_draws is None else entropy_draws
-        if conditional_score.shape != drawn.shape:
-            raise ValueError(
-                f"implicit site '{name}': conditional_score must have the shape of "
-                f"{'latent' if entropy_draws is None else 'entropy_draws'} {drawn.shape}, "
-                f"got {conditional_score.shape}"
-            )
     elif getattr(est, "needs_targets", False):
         raise ValueError(
             f"implicit site '{name}': the estimator {type(est).__name__}(objective="
@@ -138,12 +155,12 @@ def implicit_sample(
                 f"implicit site '{name}': context must have shape {batch_shape} + (c,), "
                 f"got {context.shape}"
             )
-    if est.conditional and context is None:
+    if est is not None and est.conditional and context is None:
         raise ValueError(
             f"implicit site '{name}': the estimator {type(est).__name__}(conditional=True) needs a "
             "context; pass context=... (the conditioning values of an amortized sampler)"
         )
-    if context is not None and est.persistent and not est.conditional:
+    if context is not None and est is not None and est.persistent and not est.conditional:
         raise ValueError(
             f"implicit site '{name}': context was given but the estimator {type(est).__name__} is "
             "unconditional; use ScoreNet(conditional=True), or a kernel estimator, which "
@@ -169,7 +186,7 @@ def implicit_sample(
             "step": jnp.zeros((), jnp.int32),
             "template": jnp.zeros((0, d), latent.dtype),
             "score": est.init(init_key, flat_latent[:1], None if flat_context is None else flat_context[:1])
-            if est.persistent
+            if est is not None and est.persistent
             else None,
         },
     )
@@ -183,6 +200,7 @@ def implicit_sample(
             "implicit_context": context,
             "implicit_entropy_draws": entropy_draws,
             "implicit_conditional_score": conditional_score,
+            "implicit_score": None if score is None else jnp.asarray(score),
             "estimator": est,
         },
     )

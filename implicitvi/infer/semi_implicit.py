@@ -26,6 +26,10 @@ least squares on the conditional score
 (:func:`implicitvi.objectives.regression`; the identity behind UIVI, Titsias & Ruiz 2019, and
 SIVI-SM, Yu & Zhang 2023), by a few optimizer steps of a normal-base score network per SVI step.
 
+With ``score="mixture"`` no score network is fitted: the conditional scores, averaged over
+many mixing draws with weights :math:`\propto q(w \mid \epsilon_2^k)`, are the score (SIVI's
+estimate, exact as the number of mixing draws grows, cheap where ``D`` is small).
+
 With ``flow=`` the frame is no longer affine: :math:`u = \mu + L\, T(w)` with ``T`` a NumPyro
 autoregressive flow, whose log-determinant :math:`\log|\det \partial T / \partial w|` is exact
 per draw and enters the ELBO as the affine part's does.
@@ -84,7 +88,8 @@ class AutoSemiImplicit(AutoSampler):
             should output zeros at the start, so that the guide starts as a Gaussian.
         estimator: the score estimator of ``w`` (default :func:`regression_estimator`); a network
             with ``objective="regression"`` uses the conditional scores, any other estimator
-            (``"stein"``, ``"ssge"``, ``"ssm"``) ignores them.
+            (``"stein"``, ``"ssge"``, ``"ssm"``) ignores them. None is used with
+            ``score="mixture"``.
         min_scale: ``σ_min``, a floor on the conditional scale (in whitened units), which keeps
             the regression targets ``−ε₁/σ`` bounded; ``0 ≤ σ_min < 1/√2``.
         network_rate: the mixing network's step size relative to ``μ`` and ``L``'s under an
@@ -101,15 +106,24 @@ class AutoSemiImplicit(AutoSampler):
             layer, hidden factors ``[8, 8]``) build theirs; its per-draw log-determinant is
             exact, so the score is still estimated in ``w`` only. With ``w`` Gaussian the guide
             is that autoguide (up to ``μ`` and ``L``).
-        num_components: ``C``, further mixing draws per particle over which the regression
-            target is averaged: with the draw's own component ``ε₂⁰`` and ``C`` fresh ones
-            ``ε₂¹…ε₂ᶜ`` from the prior, the target is
+        score: where the score of ``w`` comes from. ``"regression"`` (default): the score
+            network ``estimator``, fitted on the conditional scores. ``"mixture"``: no network;
+            the conditional scores averaged over ``num_components`` mixing draws (below) are
+            the score itself, a self-normalised importance-sampling estimate of
+            :math:`\nabla_w \log q(w) = \mathbb E[\nabla_w \log q(w \mid \varepsilon_2) \mid w]`
+            that is consistent as ``C`` grows (it is the score of the log-mean-exp in SIVI's
+            bound, Yin & Zhou 2018) and leans towards the draw's own component at small ``C``
+            or in high dimension, which shrinks the entropy credit of the mixing.
+        num_components: ``C``, further mixing draws per particle over which the conditional
+            score is averaged: with the draw's own component ``ε₂⁰`` and ``C`` fresh ones
+            ``ε₂¹…ε₂ᶜ`` from the prior, the average is
             :math:`\sum_{k=0}^{C} \omega_k \nabla_w \log q(w \mid \varepsilon_2^k)` with
-            :math:`\omega_k \propto q(w \mid \varepsilon_2^k)`. As ``ε₂⁰`` is a draw of
-            :math:`q(\varepsilon_2 \mid w)`, its conditional mean given ``w`` is still the
-            score (the invariance of conditional importance resampling, Andrieu, Doucet &
-            Holenstein 2010), and its variance is lower; ``0`` uses ``−ε₁/σ`` alone. It costs
-            ``C`` mixing-network passes per particle, no model evaluation.
+            :math:`\omega_k \propto q(w \mid \varepsilon_2^k)`. As a regression target: as
+            ``ε₂⁰`` is a draw of :math:`q(\varepsilon_2 \mid w)`, its conditional mean given
+            ``w`` is still the score (the invariance of conditional importance resampling,
+            Andrieu, Doucet & Holenstein 2010), and its variance is lower. Default ``0`` (the
+            target ``−ε₁/σ`` alone) with ``score="regression"`` and 256 with ``"mixture"``. It
+            costs ``C`` mixing-network passes per particle, no model evaluation.
         num_samples: draws used by :meth:`median` and :meth:`quantiles`.
         prefix, init_loc_fn: as in NumPyro's autoguides.
 
@@ -130,14 +144,24 @@ class AutoSemiImplicit(AutoSampler):
         network_rate: float = 0.1,
         init_scale: float = 0.1,
         flow: str | None = None,
-        num_components: int = 0,
+        score: str = "regression",
+        num_components: int | None = None,
         num_samples: int = 1000,
         prefix: str = "auto",
         init_loc_fn=init_to_median,
     ):
         _checks.check_positive_int(noise_dim, "noise_dim", allow_none=True)
-        _checks.check_int_at_least(num_components, "num_components", 0)
+        _checks.check_choice(score, "score", ("regression", "mixture"))
+        self.score = score
+        if num_components is None:
+            num_components = 256 if score == "mixture" else 0
+        _checks.check_int_at_least(num_components, "num_components", 1 if score == "mixture" else 0)
         self.num_components = num_components
+        if score == "mixture" and estimator is not None:
+            raise ValueError(
+                "estimator: with score='mixture' the averaged conditional scores are the score and "
+                "no estimator is fitted; leave estimator=None, or use score='regression'"
+            )
         if flow is not None:
             _checks.check_choice(flow, "flow", ("iaf", "bnaf"))
         self.flow = flow
@@ -146,7 +170,10 @@ class AutoSemiImplicit(AutoSampler):
         self.network_rate = network_rate
         self.noise_dim = noise_dim
         self.network = MLP(hidden, zero_output=True) if network is None else network
-        self.estimator = regression_estimator() if estimator is None else get_estimator(estimator)
+        if score == "mixture":
+            self.estimator = None
+        else:
+            self.estimator = regression_estimator() if estimator is None else get_estimator(estimator)
         self.min_scale = min_scale
         super().__init__(
             model, init_scale=init_scale, num_samples=num_samples, prefix=prefix,
@@ -175,7 +202,7 @@ class AutoSemiImplicit(AutoSampler):
         target = -eps1 / scale
         if self.num_components:
             target = self._averaged_score(mixing, jax.random.fold_in(key_mix, 1), w, eps1, scale)
-        return w, {"conditional_score": target}
+        return w, {"score" if self.score == "mixture" else "conditional_score": target}
 
     def _averaged_score(self, mixing, key, w, eps1, scale):
         """The conditional score averaged over the draw's own mixing component and

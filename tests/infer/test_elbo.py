@@ -188,6 +188,33 @@ def test_entropy_draws_carry_the_entropy_term():
         elbo.loss(jax.random.PRNGKey(0), params, standard_normal_locals, per_context_gaussian(Stein()), CONTEXTS)
 
 
+def test_scores_the_sampler_gives_yield_the_gaussians_elbo_gradient():
+    # x ~ N(0, I₂) and a sampler w = m + s ε that gives its exact score −(w − m)/s²: the loss
+    # −ELBO = ½ Σ (m² + s²) − Σ log s + const has the gradient m in m and s² − 1 in log s. Per
+    # draw (m = s = 0.5) the estimates are 0.5 − 1.5 ε and 0.25 ε − 0.75 ε², so over 8192
+    # particles their standard errors are 0.017 and 0.012.
+    def model():
+        numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    def guide():
+        m = numpyro.param("m", jnp.full(2, 0.5))
+        log_s = numpyro.param("log_s", jnp.log(jnp.full(2, 0.5)))
+        w = m + jnp.exp(log_s) * jax.random.normal(numpyro.prng_key(), (2,))
+        implicit_sample("x", w, support=dist.constraints.real_vector, score=-(w - m) / jnp.exp(2 * log_s))
+
+    elbo = ImplicitELBO(num_particles=8192)
+    params = {"m": jnp.full(2, 0.5), "log_s": jnp.log(jnp.full(2, 0.5))}
+    state = SVI(model, guide, optax.sgd(0.0), elbo).init(jax.random.PRNGKey(0))
+    mutable = state.mutable_state
+
+    def loss(params):
+        return elbo.loss_with_mutable_state(jax.random.PRNGKey(1), {**params, **mutable}, model, guide)["loss"]
+
+    grads = jax.jit(jax.grad(loss))(params)
+    np.testing.assert_allclose(grads["m"], [0.5, 0.5], atol=0.07)
+    np.testing.assert_allclose(grads["log_s"], [-0.75, -0.75], atol=0.05)
+
+
 def test_implicit_site_whose_shape_changes_is_named():
     def model(d):
         numpyro.sample("v", dist.Normal(0, 1).expand([d]).to_event(1))

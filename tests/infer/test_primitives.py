@@ -32,3 +32,15 @@ def test_estimator_needing_context_given_none_is_named():
 
     with pytest.raises(ValueError, match=r"implicit site 'z': the estimator ScoreNet\(conditional=True\) needs a context"):
         trace(seed(guide, 0)).get_trace()
+
+
+def test_given_scores_exclude_an_estimator_and_must_match_the_latent():
+    def guide(**kwargs):
+        implicit_sample("z", jnp.zeros(3), support=dist.constraints.real_vector, **kwargs)
+
+    with pytest.raises(ValueError, match=r"implicit site 'z': score=\.\.\. is the score itself, so no estimator is fitted; do not pass estimator"):
+        trace(seed(guide, 0)).get_trace(score=jnp.zeros(3), estimator="stein")
+    with pytest.raises(ValueError, match="do not pass conditional_score"):
+        trace(seed(guide, 0)).get_trace(score=jnp.zeros(3), conditional_score=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"implicit site 'z': score must have the shape of latent \(3,\), got \(2,\)"):
+        trace(seed(guide, 0)).get_trace(score=jnp.zeros(2))
