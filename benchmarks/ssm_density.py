@@ -29,10 +29,9 @@ script repeats that comparison on data whose density is known.
   loss; the Fisher divergence :math:`\tfrac12 \mathbb{E}\|s_\theta(x) - \nabla\log p(x)\|^2` to
   the true density; the negative log-likelihood in nats (mean over points). The true density
   and the untrained model are given as reference rows.
-* **Time per step:** one jitted ``value_and_grad`` of each objective in the parameters on the
-  same batch of ``--batch`` points with the same key, the methods timed in turn (interleaved)
-  after compilation, median of ``--time-reps`` rounds; the optimizer update, identical for all,
-  is left out. ``train s`` is the wall time of the whole fit, compilation included.
+* **Time per step:** one jitted ``value_and_grad`` of each objective on the same batch and key,
+  the methods timed in turn after compilation, median of ``--time-reps`` rounds (the optimizer
+  update, identical for all, left out); ``train s``: the whole fit, compilation included.
 
 Usage::
 

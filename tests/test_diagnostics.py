@@ -8,8 +8,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.autoguide import AutoNormal
+from numpyro.infer import SVI
 
 from implicitvi.diagnostics import kernel_stein_discrepancy, to_inference_data, unconstrained_score
 from implicitvi.infer import AutoImplicit, ImplicitELBO

@@ -95,6 +95,7 @@ def bernoulli_setting():
     return w, b, x
 
 
+@pytest.mark.slow
 def test_ais_matches_quadrature_for_a_bernoulli_decoder():
     """Sigmoid schedule and adapted step size as in the paper, on a 1-D latent, against a
     20001-point grid. The tolerance is 4 delta-method standard errors from the chains' spread

@@ -70,8 +70,8 @@ TINY_AUTOENCODER = ["--steps", "150", "--chunk", "50", "--batch-size", "32", "--
 UNTRAINED_NLL = 64 * np.log(2)
 
 
-@pytest.mark.parametrize("flags", [[], ["--estimator", "stein", "--kernel-samples", "4"], ["--encoder", "gaussian"],
-                                   ["--encoder", "semi-implicit"]])
+@pytest.mark.parametrize("flags", [[], pytest.param(["--estimator", "stein", "--kernel-samples", "4"], marks=pytest.mark.slow),
+                                   pytest.param(["--encoder", "gaussian"], marks=pytest.mark.slow), ["--encoder", "semi-implicit"]])
 def test_vae_example_trains(tmp_path, flags):
     example = load("vae")
     out = tmp_path / "vae.png"

@@ -118,6 +118,7 @@ def test_noise_dim_below_latent_dim_is_named():
         seed(AutoImplicit(regression, noise_dim=1), 0)(X_REG, Y_REG)
 
 
+@pytest.mark.slow
 def test_improper_uniform_latent_with_a_factor_prior_fits_its_posterior():
     # x ~ ImproperUniform(R) with the factor −x²/2 and y_i ~ N(x, 1), i ≤ 4: the posterior is
     # N(Σy / 5, 1/5). NumPyro's initialisation handles the site, which cannot be sampled.
