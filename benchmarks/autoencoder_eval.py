@@ -1,7 +1,7 @@
 """Evaluation of a trained MNIST autoencoder (used by ``mnist_vae_wae.py`` and ``machine.py``):
 the fixed binarized test set, the decoder's log-likelihood, encoder draws, the IWAE and AIS
-negative log-likelihoods with per-image values, and the figure of samples, reconstructions and
-the loss curve."""
+negative log-likelihoods with per-image values, the semi-implicit encoder's score agreement,
+and the figure of samples, reconstructions and the loss curve."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from autoencoders import decoder_net
+from autoencoders import (
+    MIXING_RATE,
+    decoder_net,
+    noise_mlp,
+    semi_implicit_components,
+    semi_implicit_estimator,
+)
 
 from implicitvi import datasets, evaluation
 
@@ -74,6 +80,46 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
         results.update(per_image_summary("ais", ais.log_likelihood))
         results["ais_seconds"] = time.perf_counter() - start
     return results
+
+
+def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws=16,
+                                  num_components=1024):
+    """How well the semi-implicit encoder's score network tracks the score of q(w | x): at
+    ``num_draws`` draws of w per row of ``x``, the correlation (pooled over draws, rows and
+    coordinates) of its scores with the mixture estimate
+    Σₖ ωₖ ∇ log q(w | x, ε₂ᵏ), ωₖ ∝ q(w | x, ε₂ᵏ), over the draw's own and ``num_components``
+    fresh mixing draws (a consistent estimate of the score; see ``AutoSemiImplicit(score=
+    "mixture")``), and the same correlation for the single conditional score −ε₁/s, the
+    network's regression target, and for −w, the score of the standard normal the encoder starts
+    at; and ``network_departure``, the correlation of the departures of the network's and the
+    mixture's scores from −w (what the network has to learn)."""
+    estimator = semi_implicit_estimator(1e-3)  # its network as trained (the rate plays no part)
+    n, data_dim = x.shape
+    k = params["encoder$params"][-1][1].shape[-1] // 2  # the latent dimension
+    apply = noise_mlp(hidden, 2 * k, data_dim)[1]
+    mixing = lambda x, e: apply(params["mixing$params"], x, e)  # noqa: E731
+    gate = MIXING_RATE * params["mixing_gate"]
+    k_own, k_noise, k_fresh = jax.random.split(key, 3)
+    eps2 = jax.random.normal(k_own, (n, num_draws, k))
+    eps1 = jax.random.normal(k_noise, (n, num_draws, k))
+    m, s = semi_implicit_components(mixing, gate, x, eps2)
+    w = m + s * eps1
+
+    def reference(i, x_i, w_i, m_i, s_i):
+        fresh = jax.random.normal(jax.random.fold_in(k_fresh, i), (num_components, k))
+        m_k, s_k = semi_implicit_components(mixing, gate, x_i[None], fresh[None])
+        m_k = jnp.concatenate([m_i[:, None], jnp.broadcast_to(m_k, (num_draws,) + m_k.shape[1:])], 1)
+        s_k = jnp.concatenate([s_i[:, None], jnp.broadcast_to(s_k, (num_draws,) + s_k.shape[1:])], 1)
+        z = (w_i[:, None] - m_k) / s_k
+        weights = jax.nn.softmax(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), axis=-1)
+        return jnp.sum(weights[..., None] * (-z / s_k), axis=1)
+
+    ref = jax.lax.map(lambda a: reference(*a), (jnp.arange(n), x, w, m, s))
+    context = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
+    net = estimator.score(score_state, w.reshape(-1, k), context).reshape(w.shape)
+    corr = lambda a, b: float(jnp.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
+    return {"network": corr(net, ref), "conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref),
+            "network_departure": corr(net + w, ref + w)}
 
 
 def per_image_summary(kind, log_likelihood):

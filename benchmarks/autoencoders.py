@@ -150,7 +150,19 @@ def whitened_implicit_encoder(estimator, draws=None):
     return guide
 
 
-def semi_implicit_encoder(estimator, min_scale=0.01, mixing_rate=0.1):
+MIN_SCALE, MIXING_RATE = 0.01, 0.1  # the semi-implicit encoder's
+
+
+def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE):
+    """The semi-implicit encoder's Gaussian components of w | x: ``(m, s)`` at mixing noise
+    ``eps2`` (n, k) or (n, c, k), with m = ε₂/√2 + g([x, ε₂]) and s ∈ (min_scale, √2) from
+    ``gate · mixing(x, ε₂) = (g, h)``."""
+    half = 0.5**0.5
+    g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
+    return half * eps2 + g, min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
+
+
+def semi_implicit_encoder(estimator, min_scale=MIN_SCALE, mixing_rate=MIXING_RATE):
     """Guide z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g([x, ε₂]) + s([x, ε₂]) ⊙ ε₁,
     s ∈ (min_scale, √2), (g, h) behind a gate that starts at zero (w ~ N(0, I): the Gaussian
     encoder) and whose parameter is stored divided by ``mixing_rate`` (under RMSProp it moves at
@@ -167,10 +179,8 @@ def semi_implicit_encoder(estimator, min_scale=0.01, mixing_rate=0.1):
         eps2 = jax.random.normal(key_mix, (batch, latent_dim), x.dtype)
         eps1 = jax.random.normal(key_noise, (batch, latent_dim), x.dtype)
         loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
-        g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
-        half = 0.5**0.5
-        s = min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
-        w = half * eps2 + g + s * eps1
+        m, s = semi_implicit_components(mixing, gate, x, eps2, min_scale)
+        w = m + s * eps1
         with numpyro.plate("batch", batch):
             implicit_sample(
                 "z", loc + jnp.exp(log_scale) * w, latent=w, log_abs_det_jacobian=log_scale.sum(-1),
@@ -179,6 +189,13 @@ def semi_implicit_encoder(estimator, min_scale=0.01, mixing_rate=0.1):
             )
 
     return guide
+
+
+def semi_implicit_estimator(lr):
+    """The semi-implicit encoder's conditional score network of w given x, fitted by
+    regression (one RMSProp ``lr`` step per model step)."""
+    return ScoreNet(objective="regression", hidden=(256, 256), conditional=True, base="normal",
+                    optimizer=optax.rmsprop(lr))
 
 
 def gaussian_encoder(x, latent_dim, hidden):
@@ -198,8 +215,7 @@ def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100):
     if encoder == "gaussian":
         return SVI(model, gaussian_encoder, optax.rmsprop(lr), Trace_ELBO())
     if encoder == "semi-implicit":
-        est = ScoreNet(objective="regression", hidden=(256, 256), conditional=True, base="normal",
-                       optimizer=optax.rmsprop(lr))
+        est = semi_implicit_estimator(lr)
         return SVI(model, semi_implicit_encoder(est), optax.rmsprop(lr), ImplicitELBO(num_particles=1))
     # The whitened encoder's w is near-normal: its estimators shrink towards the normal score.
     base = "normal" if encoder == "whitened" else "zero"

@@ -46,12 +46,14 @@ from autoencoder_eval import (
     encoder_draws,
     evaluate,
     save_figure,
+    semi_implicit_score_agreement,
 )
 from autoencoders import ACTIVATIONS, decoder_net, mlp, vae_svi, wae_svi
 from common import markdown_table, write_json
 
 from implicitvi import datasets, evaluation
 from implicitvi.infer import run_minibatch
+from implicitvi.infer.primitives import state_name
 
 # name: (subcommand and flags, the paper's AIS NLL in nats; Song et al. 2019, Table 4)
 PAPER = {
@@ -164,6 +166,11 @@ def run(args):
         # The spread of q(z | x) over the first 64 test images: an implicit encoder that learns
         # to ignore its noise tends to 0 here.
         results["encoder_sd"] = float(np.std(np.asarray(draws[:, :64]), axis=0).mean())
+        if args.encoder == "semi-implicit":
+            agreement = semi_implicit_score_agreement(
+                eval_key, params, result.state.mutable_state[state_name("z")]["score"], test_x[:64],
+                hidden)
+            results.update({f"score_corr_{k}": v for k, v in agreement.items()})
         codes = draws[0]
     else:
         codes = jax.jit(mlp(hidden, args.latent_dim)[1])(params["encoder$params"], test_x)

@@ -75,3 +75,25 @@ def test_the_paper_configurations_need_data(capsys):
     with pytest.raises(SystemExit):
         parse_args(["paper"])
     assert "--data" in capsys.readouterr().err
+
+
+def test_score_agreement_at_the_start_against_closed_forms():
+    # At the start the mixing gate is zero: w = (ε₂ + ε₁)/√2 ~ N(0, I) given x, so the mixture
+    # reference must be the score −w (correlation 1), the conditional score −√2 ε₁ has
+    # correlation 1/√2 with it, and the normal-base network, whose output layer starts at zero
+    # (score −w), agrees as −w does.
+    import jax
+    from autoencoder_eval import semi_implicit_score_agreement
+    from autoencoders import vae_svi
+
+    from implicitvi.infer.primitives import state_name
+
+    x = (np.random.default_rng(0).random((8, 6)) < 0.5).astype(np.float32)
+    svi = vae_svi("semi-implicit", None, 1e-3)
+    state = svi.init(jax.random.PRNGKey(0), x, 2, (8,))
+    r = semi_implicit_score_agreement(jax.random.PRNGKey(1), svi.get_params(state),
+                                      state.mutable_state[state_name("z")]["score"], x, (8,),
+                                      num_draws=256, num_components=256)
+    assert r["normal"] > 0.99
+    assert abs(r["conditional"] - 0.5**0.5) < 0.03
+    assert abs(r["network"] - r["normal"]) < 1e-3
