@@ -57,28 +57,28 @@ def collect(paths) -> dict:
     return runs
 
 
-def row_of(model, guides, guide) -> list:
-    """``model``, then per metric the best baseline (named) and ``guide``, then its non-finite
-    count."""
+def row_of(model, guides, guide, also=None) -> list:
+    """``model``, then per metric the best baseline (named), ``also`` (if given) and ``guide``,
+    then its non-finite count."""
     row = [model]
     for metric in METRICS:
         scored = [(g[metric], name) for name, g in guides.items()
                   if name in BASELINES and g[metric] is not None]
         best = min(scored) if scored else None
         row.append("—" if best is None else f"{best[0]:.3f} ({LABELS[best[1]]})")
-        ours = guides[guide][metric]
-        row.append("—" if ours is None else f"{ours:.3f}")
+        for name in ([also] if also else []) + [guide]:
+            value = guides.get(name, {}).get(metric)
+            row.append("—" if value is None else f"{value:.3f}")
     return row + [guides[guide]["non_finite"]]
 
 
-def compare(runs: dict, guide: str) -> dict:
+def compare(runs: dict, guide: str, also: str | None = None) -> dict:
     """Tables by learning rate, ``lr<lr>``."""
     rows_by_lr: dict = {}
     for (model, lr), guides in sorted(runs.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         if guide not in guides:
             continue
-        row = row_of(model, guides, guide)
-        rows_by_lr.setdefault(lr, []).append(row)
+        rows_by_lr.setdefault(lr, []).append(row_of(model, guides, guide, also))
     # Each guide at its better rate: per model and metric, the lowest median over the rates.
     models = {model for (model, _), guides in runs.items() if guide in guides}
     by_model: dict = {}
@@ -91,13 +91,14 @@ def compare(runs: dict, guide: str) -> dict:
         merged = {name: {m: min((g[m] for g in gs if g[m] is not None), default=None)
                          for m in METRICS} for name, gs in guides.items()}
         merged[guide]["non_finite"] = "—"
-        best_rate.append(row_of(model, merged, guide)[:-1])
-    label = LABELS[guide]
-    header = ["model", "best baseline mean err", f"{label} mean err", "best baseline log-sd err",
-              f"{label} log-sd err"]
-    tables = {f"lr{lr:g}": table(header + ["non-finite runs"], rows, "lrrrrr")
+        best_rate.append(row_of(model, merged, guide, also)[:-1])
+    header = ["model"]
+    for metric in ("mean err", "log-sd err"):
+        header += [f"best baseline {metric}"] + [f"{LABELS[g]} {metric}" for g in ([also] if also else []) + [guide]]
+    align = "l" + "r" * (len(header) - 1)
+    tables = {f"lr{lr:g}": table(header + ["non-finite runs"], rows, align + "r")
               for lr, rows in rows_by_lr.items()}
-    tables["best_rate"] = table(header, best_rate, "lrrrr")
+    tables["best_rate"] = table(header, best_rate, align)
     return tables
 
 
@@ -105,11 +106,13 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="posterior_accuracy results files, in order")
     p.add_argument("--guide", default="semi-implicit", choices=sorted(LABELS))
+    p.add_argument("--also", default=None, choices=sorted(LABELS),
+                   help="a further guide whose medians are shown beside the chosen one's")
     p.add_argument("--models", nargs="+", default=None, help="only these models (default: all)")
     p.add_argument("--json", default=None, help="output (default results/guide_comparison.json)")
     cfg = p.parse_args(argv)
     runs = {k: v for k, v in collect(cfg.files).items() if cfg.models is None or k[0] in cfg.models}
-    out = {"guide": cfg.guide, "files": cfg.files, "tables": compare(runs, cfg.guide)}
+    out = {"guide": cfg.guide, "files": cfg.files, "tables": compare(runs, cfg.guide, cfg.also)}
     print(f"wrote {write_json('guide_comparison', out, cfg.json)}")
     return out
 

@@ -130,6 +130,13 @@ def test_compare_guides_picks_the_best_baseline_per_metric_and_rate(tmp_path):
                                     "0.200 (AutoIAFNormal)", "0.100", "1/4"]]
     assert t["best_rate"]["rows"] == [["m", "0.050 (AutoMultivariateNormal)", "0.250",
                                        "0.200 (AutoIAFNormal)", "0.100"]]
+    # A further guide's medians beside the chosen one's, per metric.
+    compare_guides.main([str(first), str(second), "--also", "implicit-ssm", "--json", str(out)])
+    t = tables(out)
+    assert t["lr0.01"]["header"][1:4] == ["best baseline mean err", "AutoImplicit (SSM) mean err",
+                                          "AutoSemiImplicit mean err"]
+    assert t["lr0.01"]["rows"] == [["m", "0.200 (AutoMultivariateNormal)", "0.000", "0.250",
+                                    "0.200 (AutoIAFNormal)", "0.000", "0.100", "1/4"]]
 
 
 @pytest.mark.slow
