@@ -11,8 +11,8 @@ where :math:`\log q_{\text{exact}}` sums the log densities of explicit guide sit
 estimator (or, where the sampler gives them, its own scores). Per step, each estimator is first
 updated on the stop-gradiented particles of the step (kernel estimators refit, a network takes
 its ``steps_per_update`` optimizer steps, its state carried in the SVI state as a mutable site),
-then queried at those particles; it receives no gradient from the ELBO. Sites inside a plate are summed over the plate and scaled by the
-subsampling factor, like any other site.
+then queried at those particles; it receives no gradient from the ELBO. Sites inside a plate
+are summed over the plate and scaled by the subsampling factor, like any other site.
 """
 
 from __future__ import annotations

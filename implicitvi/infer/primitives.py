@@ -100,16 +100,16 @@ def implicit_sample(
     Returns:
         The constrained value ``T(u)``.
     """
-    if score is not None and (estimator is not None or conditional_score is not None):
-        given = "estimator" if estimator is not None else "conditional_score"
+    if score is None:
+        est = _default_estimator(context) if estimator is None else get_estimator(estimator)
+    elif estimator is not None or conditional_score is not None:
+        extra = "estimator" if estimator is not None else "conditional_score"
         raise ValueError(
             f"implicit site '{name}': score=... is the score itself, so no estimator is fitted; "
-            f"do not pass {given} with it"
+            f"do not pass {extra} with it"
         )
-    if score is not None:
-        est = None
     else:
-        est = _default_estimator(context) if estimator is None else get_estimator(estimator)
+        est = None
     value = jnp.asarray(value)
     transform = biject_to(support)
     event_dim = transform.codomain.event_dim
