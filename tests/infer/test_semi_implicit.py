@@ -122,7 +122,7 @@ def test_bad_arguments_are_named():
         AutoSemiImplicit(regression, score="exact")
     with pytest.raises(ValueError, match="with score='mixture' the averaged conditional scores are the score"):
         AutoSemiImplicit(regression, score="mixture", estimator="stein")
-    with pytest.raises(ValueError, match="num_components"):
+    with pytest.raises(ValueError, match="num_components must be >= 1, got 0"):
         AutoSemiImplicit(regression, score="mixture", num_components=0)
 
 
