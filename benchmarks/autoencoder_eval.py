@@ -21,6 +21,7 @@ from autoencoders import (
 )
 
 from implicitvi import datasets, evaluation
+from implicitvi.infer import mixture_score
 
 
 def binarized_test_images(data):
@@ -110,8 +111,7 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
         m_k = jnp.concatenate([m_i[:, None], jnp.broadcast_to(m_k, (num_draws,) + m_k.shape[1:])], 1)
         s_k = jnp.concatenate([s_i[:, None], jnp.broadcast_to(s_k, (num_draws,) + s_k.shape[1:])], 1)
         z = (w_i[:, None] - m_k) / s_k
-        weights = jax.nn.softmax(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), axis=-1)
-        return jnp.sum(weights[..., None] * (-z / s_k), axis=1)
+        return mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k)
 
     ref = jax.lax.map(lambda a: reference(*a), (jnp.arange(n), x, w, m, s))
     context = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)

@@ -6,7 +6,7 @@ from implicitvi.infer.elbo import ImplicitELBO
 from implicitvi.infer.nonfinite import floating_point_errors
 from implicitvi.infer.primitives import implicit_sample
 from implicitvi.infer.score_quality import ScoreCheck, score_check
-from implicitvi.infer.semi_implicit import AutoSemiImplicit
+from implicitvi.infer.semi_implicit import AutoSemiImplicit, mixture_score
 from implicitvi.infer.training import (
     TrainResult,
     load_checkpoint,
@@ -23,6 +23,7 @@ __all__ = [
     "floating_point_errors",
     "implicit_sample",
     "load_checkpoint",
+    "mixture_score",
     "run_minibatch",
     "save_checkpoint",
     "score_check",

@@ -57,7 +57,31 @@ from implicitvi.estimators.base import get_estimator
 from implicitvi.infer.autoguide import AutoSampler
 from implicitvi.nets import MLP
 
-__all__ = ["AutoSemiImplicit", "regression_estimator"]
+
+def mixture_score(log_densities, scores):
+    r"""The score of a mixture at one point, from its components' log-densities and scores there.
+
+    For :math:`q(w) = \tfrac1K \sum_k q_k(w)`,
+
+    .. math:: \nabla_w \log q(w) = \sum_k \omega_k\, \nabla_w \log q_k(w), \qquad
+       \omega_k = \frac{q_k(w)}{\sum_j q_j(w)},
+
+    the components' scores weighted by their densities at ``w``. With the components
+    :math:`q(w \mid \epsilon_2^k)` at ``K`` mixing draws of a semi-implicit distribution (the
+    draw's own among them), this is SIVI's estimate of its marginal score (Yin & Zhou 2018),
+    consistent as ``K`` grows.
+
+    Args:
+        log_densities: ``(..., K)`` :math:`\log q_k(w)`, up to one constant shared by all ``k``.
+        scores: ``(..., K, D)`` :math:`\nabla_w \log q_k(w)`.
+
+    Returns:
+        ``(..., D)`` the score at ``w``.
+    """
+    weights = jax.nn.softmax(log_densities, axis=-1)[..., None]
+    return jnp.sum(weights * scores, axis=-2)
+
+__all__ = ["AutoSemiImplicit", "mixture_score", "regression_estimator"]
 
 
 def regression_estimator() -> ScoreNet:
@@ -219,9 +243,8 @@ class AutoSemiImplicit(AutoSampler):
             ],
             axis=-1,
         )
-        weights = jax.nn.softmax(log_q, axis=-1)[..., None]
         scores = jnp.concatenate([(-eps1 / scale)[..., None, :], -z_k / scale_k], axis=-2)
-        return jnp.sum(weights * scores, axis=-2)
+        return mixture_score(log_q, scores)
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
