@@ -155,16 +155,20 @@ MIN_SCALE, MIXING_RATE = 0.01, 0.1  # the semi-implicit encoder's
 
 def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE):
     """The semi-implicit encoder's Gaussian components of w | x: ``(m, s)`` at mixing noise
-    ``eps2`` (n, k) or (n, c, k), with m = ε₂/√2 + g([x, ε₂]) and s ∈ (min_scale, √2) from
-    ``gate · mixing(x, ε₂) = (g, h)``."""
+    ``eps2`` (n, k) or (n, c, k), with m = ε₂/√2 + g([x, ε₂]) − g([x, 0]) and
+    s ∈ (min_scale, √2) from ``gate · mixing(x, ε₂) = (g, h)``. The shift is centred at ε₂ = 0:
+    an offset of w per image would be cancelled by μ(x) in z = μ(x) + σ(x) w (a location gauge)
+    and would move w away from the normal base of the conditional score network."""
     half = 0.5**0.5
     g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
+    g0 = jnp.split(gate * mixing(x, jnp.zeros((x.shape[0], eps2.shape[-1]), eps2.dtype)), 2, axis=-1)[0]
+    g = g - (g0 if eps2.ndim == 2 else g0[:, None])
     return half * eps2 + g, min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
 
 
 def semi_implicit_encoder(estimator, min_scale=MIN_SCALE, mixing_rate=MIXING_RATE):
-    """Guide z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g([x, ε₂]) + s([x, ε₂]) ⊙ ε₁,
-    s ∈ (min_scale, √2), (g, h) behind a gate that starts at zero (w ~ N(0, I): the Gaussian
+    """Guide z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g([x, ε₂]) − g([x, 0]) +
+    s([x, ε₂]) ⊙ ε₁, s ∈ (min_scale, √2), (g, h) behind a gate that starts at zero (w ~ N(0, I): the Gaussian
     encoder) and whose parameter is stored divided by ``mixing_rate`` (under RMSProp it moves at
     that fraction of the learning rate). H[z | x] = Σ log σ(x) + H[w | x]; the site carries the
     conditional score −ε₁/s of w, the regression target of ``estimator``."""

@@ -97,3 +97,25 @@ def test_score_agreement_at_the_start_against_closed_forms():
     assert r["normal"] > 0.99
     assert abs(r["conditional"] - 0.5**0.5) < 0.03
     assert abs(r["network"] - r["normal"]) < 1e-3
+
+
+def test_the_encoders_mixing_shift_is_centred_per_image():
+    # Whatever the mixing network and gate, m(x, ε₂ = 0) = 0 for every image (no per-image offset
+    # for μ(x) to cancel), while other ε₂ are moved by the network; the one-draw and the
+    # many-draw shapes agree.
+    import jax
+    import jax.numpy as jnp
+    from autoencoders import noise_mlp, semi_implicit_components
+
+    init, apply = noise_mlp((8,), 6, 5)
+    _, params = init(jax.random.PRNGKey(0), (-1, 5 + 3))
+    mixing = lambda x, e: apply(params, x, e)  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 5))
+    eps2 = jax.random.normal(jax.random.PRNGKey(2), (4, 7, 3))
+    m0, _ = semi_implicit_components(mixing, 1.0, x, jnp.zeros((4, 3)))
+    np.testing.assert_allclose(m0, 0.0, atol=1e-6)
+    m, s = semi_implicit_components(mixing, 1.0, x, eps2)
+    assert np.abs(m - 0.5**0.5 * eps2).max() > 1e-2
+    m1, s1 = semi_implicit_components(mixing, 1.0, x, eps2[:, 2])
+    np.testing.assert_allclose(m[:, 2], m1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s[:, 2], s1, rtol=1e-5)
