@@ -8,10 +8,9 @@ standard-normal prior, with one of four guides:
   unknown; the entropy gradient comes from a score estimator on a site with context x;
 * ``whitened``: z = μ(x) + σ(x) ⊙ w with w = ε + tanh(α) · tanh(g([x, ε])), so that
   H[z | x] = Σ log σ(x) + H[w | x] and only the near-normal w is score-estimated;
-* ``semi-implicit``: z = μ(x) + σ(x) ⊙ w with w = ε₂/√2 + g([x, ε₂]) + s([x, ε₂]) ⊙ ε₁, a
-  continuous Gaussian mixture around the Gaussian encoder whose conditional score −ε₁/s is
-  known at each draw: a conditional network fitted to it by regression (one RMSProp step per
-  model step) gives the score of q(w | x);
+* ``semi-implicit``: z = μ(x) + σ(x) ⊙ w with w = ε₂/√2 + g([x, ε₂]) − g([x, 0]) + s([x, ε₂]) ⊙ ε₁,
+  a continuous Gaussian mixture around the Gaussian encoder whose conditional score −ε₁/s is
+  known at each draw: a conditional network regressed on it gives the score of q(w | x);
 * ``gaussian``: q(z | x) = N(μ(x), diag σ(x)²), the ordinary ELBO.
 
 The estimators are an SSM-VR conditional score network on concat(z, x), one step per model step,
@@ -50,10 +49,7 @@ ACTIVATIONS = {"softplus": stax.Softplus, "tanh": stax.Tanh}
 
 
 def mlp_layers(hidden, out_dim, activation):
-    layers = []
-    for width in hidden:
-        layers += [stax.Dense(width), activation]
-    return [*layers, stax.Dense(out_dim)]
+    return [layer for width in hidden for layer in (stax.Dense(width), activation)] + [stax.Dense(out_dim)]
 
 
 def mlp(hidden, out_dim, activation=stax.Tanh):
@@ -67,10 +63,9 @@ def decoder_net(hidden, data_dim, activation="tanh"):
 
 
 def noise_mlp(hidden, out_dim, data_dim):
-    """The tanh MLP f([x, ε]) → out_dim as ``(init, apply)`` with ``apply(params, x, eps)``:
-    ``x`` is (n, data_dim), ``eps`` (n, k) or (n, m, k) for m draws per row. The first layer's
-    x-part is computed once per row, not once per draw; the parameters are those of
-    ``mlp(hidden, out_dim)`` on the concatenation."""
+    """The tanh MLP f([x, ε]) → out_dim as ``(init, apply)``, ``apply(params, x, eps)`` with ``x``
+    (n, data_dim) and ``eps`` (n, k) or (n, m, k): the first layer's x-part is computed once per
+    row, not per draw; the parameters are those of ``mlp(hidden, out_dim)`` on the concatenation."""
     layers = mlp_layers(hidden, out_dim, stax.Tanh)
     init, _ = stax.serial(*layers)
     _, rest = stax.serial(*layers[1:])
@@ -154,11 +149,10 @@ MIN_SCALE, MIXING_RATE = 0.01, 0.1  # the semi-implicit encoder's
 
 
 def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE):
-    """The semi-implicit encoder's Gaussian components of w | x: ``(m, s)`` at mixing noise
-    ``eps2`` (n, k) or (n, c, k), with m = ε₂/√2 + g([x, ε₂]) − g([x, 0]) and
-    s ∈ (min_scale, √2) from ``gate · mixing(x, ε₂) = (g, h)``. The shift is centred at ε₂ = 0:
-    an offset of w per image would be cancelled by μ(x) in z = μ(x) + σ(x) w (a location gauge)
-    and would move w away from the normal base of the conditional score network."""
+    """The semi-implicit encoder's components ``(m, s)`` of w | x at mixing noise ``eps2`` (n, k) or
+    (n, c, k): m = ε₂/√2 + g([x, ε₂]) − g([x, 0]), s ∈ (min_scale, √2) from ``gate · mixing(x, ε₂)
+    = (g, h)``. The shift is centred: an offset of w per image would be cancelled by μ(x) (a
+    location gauge) and would move w away from the score network's normal base."""
     half = 0.5**0.5
     g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
     g0 = jnp.split(gate * mixing(x, jnp.zeros((x.shape[0], eps2.shape[-1]), eps2.dtype)), 2, axis=-1)[0]
@@ -167,11 +161,10 @@ def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE):
 
 
 def semi_implicit_encoder(estimator, min_scale=MIN_SCALE, mixing_rate=MIXING_RATE):
-    """Guide z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g([x, ε₂]) − g([x, 0]) +
-    s([x, ε₂]) ⊙ ε₁, s ∈ (min_scale, √2), (g, h) behind a gate that starts at zero (w ~ N(0, I): the Gaussian
-    encoder) and whose parameter is stored divided by ``mixing_rate`` (under RMSProp it moves at
-    that fraction of the learning rate). H[z | x] = Σ log σ(x) + H[w | x]; the site carries the
-    conditional score −ε₁/s of w, the regression target of ``estimator``."""
+    """Guide z = μ(x) + σ(x) ⊙ w, w | x, ε₂ ~ N(m, diag s²) of :func:`semi_implicit_components`,
+    whose gate starts at zero (w ~ N(0, I): the Gaussian encoder) and is stored divided by
+    ``mixing_rate`` (under RMSProp it moves at that fraction of the rate). H[z | x] =
+    Σ log σ(x) + H[w | x]; the site carries −ε₁/s, the regression target of ``estimator``."""
 
     def guide(x, latent_dim, hidden):
         batch, data_dim = x.shape
