@@ -8,7 +8,7 @@ standard-normal prior, with one of four guides:
   unknown; the entropy gradient comes from a score estimator on a site with context x;
 * ``whitened``: z = μ(x) + σ(x) ⊙ w with w = ε + tanh(α) · tanh(g([x, ε])), so that
   H[z | x] = Σ log σ(x) + H[w | x] and only the near-normal w is score-estimated;
-* ``semi-implicit``: z = μ(x) + σ(x) ⊙ w with w = ε₂/√2 + g([x, ε₂]) − g([x, 0]) + s([x, ε₂]) ⊙ ε₁,
+* ``semi-implicit``: z = μ(x) + σ(x) ⊙ w with w = ε₂/√2 + shift([x, ε₂]) + s([x, ε₂]) ⊙ ε₁,
   a continuous Gaussian mixture around the Gaussian encoder whose conditional score −ε₁/s is
   known at each draw: a conditional network regressed on it gives the score of q(w | x);
 * ``gaussian``: q(z | x) = N(μ(x), diag σ(x)²), the ordinary ELBO.
@@ -145,22 +145,23 @@ def whitened_implicit_encoder(estimator, draws=None):
     return guide
 
 
-MIN_SCALE, MIXING_RATE = 0.01, 0.1  # the semi-implicit encoder's
+MIN_SCALE, SHIFT_BOUND, MIXING_RATE = 0.3, 3.0, 0.1  # the semi-implicit encoder's
 
 
-def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE):
+def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE, shift_bound=SHIFT_BOUND):
     """The semi-implicit encoder's components ``(m, s)`` of w | x at mixing noise ``eps2`` (n, k) or
-    (n, c, k): m = ε₂/√2 + g([x, ε₂]) − g([x, 0]), s ∈ (min_scale, √2) from ``gate · mixing(x, ε₂)
-    = (g, h)``. The shift is centred: an offset of w per image would be cancelled by μ(x) (a
-    location gauge) and would move w away from the score network's normal base."""
+    (n, c, k): m = ε₂/√2 + b tanh((g([x, ε₂]) − g([x, 0])) / b), s ∈ (min_scale, √2 − min_scale),
+    from ``gate · mixing(x, ε₂) = (g, h)``. Bounded below and centred, so that w cannot become a
+    mixture of needles whose score the regression targets −ε₁/s (variance 1/s²) cannot teach, and
+    μ(x), σ(x) have no offset or spread of w to cancel (location and scale gauges)."""
     half = 0.5**0.5
     g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
     g0 = jnp.split(gate * mixing(x, jnp.zeros((x.shape[0], eps2.shape[-1]), eps2.dtype)), 2, axis=-1)[0]
-    g = g - (g0 if eps2.ndim == 2 else g0[:, None])
+    g = shift_bound * jnp.tanh((g - (g0 if eps2.ndim == 2 else g0[:, None])) / shift_bound)
     return half * eps2 + g, min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
 
 
-def semi_implicit_encoder(estimator, min_scale=MIN_SCALE, mixing_rate=MIXING_RATE):
+def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE):
     """Guide z = μ(x) + σ(x) ⊙ w, w | x, ε₂ ~ N(m, diag s²) of :func:`semi_implicit_components`,
     whose gate starts at zero (w ~ N(0, I): the Gaussian encoder) and is stored divided by
     ``mixing_rate`` (under RMSProp it moves at that fraction of the rate). H[z | x] =
@@ -176,7 +177,7 @@ def semi_implicit_encoder(estimator, min_scale=MIN_SCALE, mixing_rate=MIXING_RAT
         eps2 = jax.random.normal(key_mix, (batch, latent_dim), x.dtype)
         eps1 = jax.random.normal(key_noise, (batch, latent_dim), x.dtype)
         loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
-        m, s = semi_implicit_components(mixing, gate, x, eps2, min_scale)
+        m, s = semi_implicit_components(mixing, gate, x, eps2)
         w = m + s * eps1
         with numpyro.plate("batch", batch):
             implicit_sample(

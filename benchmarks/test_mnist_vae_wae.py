@@ -99,13 +99,13 @@ def test_score_agreement_at_the_start_against_closed_forms():
     assert abs(r["network"] - r["normal"]) < 1e-3
 
 
-def test_the_encoders_mixing_shift_is_centred_per_image():
+def test_the_encoders_mixing_shift_is_centred_per_image_and_bounded():
     # Whatever the mixing network and gate, m(x, ε₂ = 0) = 0 for every image (no per-image offset
-    # for μ(x) to cancel), while other ε₂ are moved by the network; the one-draw and the
-    # many-draw shapes agree.
+    # for μ(x) to cancel), the shift m − ε₂/√2 stays within its bound and the scales above their
+    # floor, while other ε₂ are moved by the network; the one-draw and many-draw shapes agree.
     import jax
     import jax.numpy as jnp
-    from autoencoders import noise_mlp, semi_implicit_components
+    from autoencoders import MIN_SCALE, SHIFT_BOUND, noise_mlp, semi_implicit_components
 
     init, apply = noise_mlp((8,), 6, 5)
     _, params = init(jax.random.PRNGKey(0), (-1, 5 + 3))
@@ -119,3 +119,7 @@ def test_the_encoders_mixing_shift_is_centred_per_image():
     m1, s1 = semi_implicit_components(mixing, 1.0, x, eps2[:, 2])
     np.testing.assert_allclose(m[:, 2], m1, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s[:, 2], s1, rtol=1e-5)
+    m, s = semi_implicit_components(mixing, 1e4, x, eps2)  # a saturating gate
+    shift = np.abs(m - 0.5**0.5 * eps2)
+    assert shift.max() <= SHIFT_BOUND and shift.max() > 0.9 * SHIFT_BOUND
+    assert s.min() >= MIN_SCALE and s.max() <= 2**0.5 - MIN_SCALE + 1e-6
