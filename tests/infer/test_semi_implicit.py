@@ -130,14 +130,14 @@ def test_bad_arguments_are_named():
 def test_mixture_score_approaches_the_score_as_components_grow():
     # At the start w ~ N(0, I) (score −w) is drawn as a mixture of N(ε₂/√2, I/2): the conditional
     # scores averaged over C mixing draws near w estimate −w, the closer the larger C (relative
-    # squared error 0.08 at C = 32, 0.013 at C = 256, 0.004 at C = 1024 on 4000 draws).
+    # squared error 0.13 at C = 16, 0.012-0.013 at C = 256 on 1000 draws, over three seeds).
     errors = {}
     for c in (16, 256):
         guide = AutoSemiImplicit(regression, score="mixture", num_components=c)
         svi = SVI(regression, guide, optax.adam(1e-3), ImplicitELBO(num_particles=2))
         params = svi.get_params(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG))
         with numpyro.handlers.seed(rng_seed=1), numpyro.handlers.substitute(data=params):
-            w, kwargs = guide._draw_latent((4000,))
+            w, kwargs = guide._draw_latent((1000,))
         assert set(kwargs) == {"score"}  # no estimator is fitted
         errors[c] = rel_err(kwargs["score"], -np.asarray(w))
     assert errors[256] < 0.03 < 0.1 < errors[16]
@@ -154,9 +154,12 @@ def test_mixture_score_is_the_gradient_of_the_mixtures_log_density():
     def log_q(x):
         return jax.nn.logsumexp(dist.Normal(locs, scales).log_prob(x).sum(-1))
 
-    z = (w[:, None] - locs) / scales
-    got = mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(scales), -1), -z / scales)
-    np.testing.assert_allclose(got, jax.vmap(jax.grad(log_q))(w), rtol=1e-5, atol=1e-6)
+    @jax.jit  # one program, not one per operation
+    def both(w):
+        z = (w[:, None] - locs) / scales
+        return mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(scales), -1), -z / scales), jax.vmap(jax.grad(log_q))(w)
+
+    np.testing.assert_allclose(*both(w), rtol=1e-5, atol=1e-6)
 
 
 def test_a_flow_needs_two_latent_dimensions():
