@@ -57,6 +57,8 @@ from implicitvi.estimators.base import get_estimator
 from implicitvi.infer.autoguide import AutoSampler
 from implicitvi.nets import MLP
 
+__all__ = ["AutoSemiImplicit", "mixture_score", "regression_estimator"]
+
 
 def mixture_score(log_densities, scores):
     r"""The score of a mixture at one point, from its components' log-densities and scores there.
@@ -80,8 +82,6 @@ def mixture_score(log_densities, scores):
     """
     weights = jax.nn.softmax(log_densities, axis=-1)[..., None]
     return jnp.sum(weights * scores, axis=-2)
-
-__all__ = ["AutoSemiImplicit", "mixture_score", "regression_estimator"]
 
 
 def regression_estimator() -> ScoreNet:
