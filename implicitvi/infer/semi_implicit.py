@@ -152,7 +152,7 @@ class AutoSemiImplicit(AutoSampler):
         prefix, init_loc_fn: as in NumPyro's autoguides.
 
     On the posterior-accuracy benchmark (docs/benchmarks.md) it stays finite under Adam at 1e-2
-    and 1e-3 on all eight models, and is more accurate at 1e-2; watch its score network with
+    and 1e-3 on all ten models, and is more accurate at 1e-2; watch its score network with
     :func:`~implicitvi.infer.score_check`.
     """
 
