@@ -34,7 +34,7 @@ from implicitvi.entropy import surrogate
 from implicitvi.estimators.base import get_estimator, state_matches
 from implicitvi.estimators.per_context import PerContext
 from implicitvi.infer import nonfinite, sharding
-from implicitvi.infer.primitives import state_name
+from implicitvi.infer.primitives import shared_key, state_name
 
 __all__ = ["ImplicitELBO"]
 
@@ -107,12 +107,12 @@ class ImplicitELBO(ELBO):
         super().__init__(num_particles=num_particles, vectorize_particles=vectorize_particles)
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        # Keys 1 and 2 of three, as this ELBO has always drawn them, so fits reproduce.
-        est_key, particle_key = jax.random.split(rng_key, 3)[1:]
+        # Keys 1 and 2 of three are those this ELBO has always drawn, so fits reproduce.
+        shared, est_key, particle_key = jax.random.split(rng_key, 3)
         sites = {}  # implicit site name → its guide site, read while the particles are traced
         particle = functools.partial(
-            self._particle, param_map=param_map, model=model, guide=guide, args=args,
-            kwargs=kwargs, sites=sites,
+            self._particle, param_map=param_map, model=model, guide=shared_key(guide, rng_key=shared),
+            args=args, kwargs=kwargs, sites=sites,
         )
         keys = sharding.shard_leading(jax.random.split(particle_key, self.num_particles), self.sharding)
         elbos, draws, mutable = self.vectorize_particles_fn(particle, keys)

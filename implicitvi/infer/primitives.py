@@ -18,22 +18,50 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpyro
-from numpyro.primitives import mutable
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 from numpyro.distributions.util import sum_rightmost
+from numpyro.primitives import Messenger, apply_stack, mutable
 
 from implicitvi import _checks
 from implicitvi.estimators import ScoreNet
 from implicitvi.estimators.base import get_estimator
 
-__all__ = ["implicit_sample", "state_name"]
+__all__ = ["implicit_sample", "shared_prng_key", "state_name"]
 
 
 def state_name(name: str) -> str:
     """Name of the mutable site holding the score-estimator state of implicit site ``name``."""
     return f"_{name}_score_state"
+
+
+def shared_prng_key():
+    """A PRNG key shared by all particles of one :class:`~implicitvi.infer.ImplicitELBO` step.
+
+    Under :class:`~implicitvi.infer.ImplicitELBO` every particle's guide gets the same key, fresh
+    at every step, so that random quantities that need not differ between particles (a set of
+    reference draws, say) are drawn and computed once per step rather than once per particle:
+    with the particles vectorized, a computation from this key and the parameters alone is not
+    batched. Elsewhere (``sample_posterior``, ``Trace_ELBO``) it is :func:`numpyro.prng_key`.
+    """
+    msg = apply_stack({"type": _SHARED_KEY, "fn": lambda: None, "args": (), "kwargs": {}, "value": None})
+    return numpyro.prng_key() if msg["value"] is None else msg["value"]
+
+
+_SHARED_KEY = "implicitvi_shared_prng_key"
+
+
+class shared_key(Messenger):
+    """Answer :func:`shared_prng_key` with ``rng_key`` inside ``fn``."""
+
+    def __init__(self, fn=None, rng_key=None):
+        self.rng_key = rng_key
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] == _SHARED_KEY and msg["value"] is None:
+            msg["value"] = self.rng_key
 
 
 def _default_estimator(context):

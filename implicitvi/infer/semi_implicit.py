@@ -55,6 +55,7 @@ from implicitvi import _checks
 from implicitvi.estimators import ScoreNet
 from implicitvi.estimators.base import get_estimator
 from implicitvi.infer.autoguide import AutoSampler
+from implicitvi.infer.primitives import shared_prng_key
 from implicitvi.nets import MLP
 
 __all__ = ["AutoSemiImplicit", "mixture_score", "regression_estimator"]
@@ -225,12 +226,15 @@ class AutoSemiImplicit(AutoSampler):
         w = loc + scale * eps1
         target = -eps1 / scale
         if self.num_components:
-            target = self._averaged_score(mixing, jax.random.fold_in(key_mix, 1), w, eps1, scale)
+            target = self._averaged_score(mixing, shared_prng_key(), w, eps1, scale)
         return w, {"score" if self.score == "mixture" else "conditional_score": target}
 
     def _averaged_score(self, mixing, key, w, eps1, scale):
         """The conditional score averaged over the draw's own mixing component and
-        ``num_components`` fresh ones, weighted by their densities at ``w``."""
+        ``num_components`` fresh ones (per draw of ``w``), weighted by their densities at ``w``.
+        They are drawn from ``key``, which :class:`ImplicitELBO` shares between the particles of a
+        step (:func:`~implicitvi.infer.primitives.shared_prng_key`): there their mixing pass runs
+        once per step, not once per particle."""
         c = self.num_components
         w, eps1, scale = (jax.lax.stop_gradient(a) for a in (w, eps1, scale))
         eps2 = jax.random.normal(key, w.shape[:-1] + (c, self.noise_dim))
