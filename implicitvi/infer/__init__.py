@@ -4,7 +4,7 @@ minibatch training with checkpoints."""
 from implicitvi.infer.autoguide import AutoImplicit
 from implicitvi.infer.elbo import ImplicitELBO
 from implicitvi.infer.nonfinite import floating_point_errors
-from implicitvi.infer.primitives import implicit_sample
+from implicitvi.infer.primitives import implicit_sample, shared_prng_key
 from implicitvi.infer.score_quality import ScoreCheck, score_check
 from implicitvi.infer.semi_implicit import AutoSemiImplicit, mixture_score
 from implicitvi.infer.training import (
@@ -26,5 +26,6 @@ __all__ = [
     "mixture_score",
     "run_minibatch",
     "save_checkpoint",
+    "shared_prng_key",
     "score_check",
 ]

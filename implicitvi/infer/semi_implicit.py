@@ -28,7 +28,9 @@ SIVI-SM, Yu & Zhang 2023), by a few optimizer steps of a normal-base score netwo
 
 With ``score="mixture"`` no score network is fitted: the conditional scores, averaged over
 many mixing draws with weights :math:`\propto q(w \mid \epsilon_2^k)`, are the score (SIVI's
-estimate, exact as the number of mixing draws grows, cheap where ``D`` is small).
+estimate, exact as the number of mixing draws grows). The mixing draws are shared by the
+particles of an :class:`~implicitvi.infer.ImplicitELBO` step, so that their network pass runs
+once per step.
 
 With ``flow=`` the frame is no longer affine: :math:`u = \mu + L\, T(w)` with ``T`` a NumPyro
 autoregressive flow, whose log-determinant :math:`\log|\det \partial T / \partial w|` is exact
@@ -139,7 +141,7 @@ class AutoSemiImplicit(AutoSampler):
             that is consistent as ``C`` grows (it is the score of the log-mean-exp in SIVI's
             bound, Yin & Zhou 2018) and leans towards the draw's own component at small ``C``
             or in high dimension, which shrinks the entropy credit of the mixing.
-        num_components: ``C``, further mixing draws per particle over which the conditional
+        num_components: ``C``, further mixing draws over which the conditional
             score is averaged: with the draw's own component ``ε₂⁰`` and ``C`` fresh ones
             ``ε₂¹…ε₂ᶜ`` from the prior, the average is
             :math:`\sum_{k=0}^{C} \omega_k \nabla_w \log q(w \mid \varepsilon_2^k)` with
@@ -148,7 +150,9 @@ class AutoSemiImplicit(AutoSampler):
             ``w`` is still the score (the invariance of conditional importance resampling,
             Andrieu, Doucet & Holenstein 2010), and its variance is lower. Default ``0`` (the
             target ``−ε₁/σ`` alone) with ``score="regression"`` and 256 with ``"mixture"``. It
-            costs ``C`` mixing-network passes per particle, no model evaluation.
+            costs ``C`` mixing-network passes per step (the draws are shared by the step's
+            particles, :func:`~implicitvi.infer.shared_prng_key`) and ``C``
+            Gaussian densities per particle, no model evaluation.
         num_samples: draws used by :meth:`median` and :meth:`quantiles`.
         prefix, init_loc_fn: as in NumPyro's autoguides.
 
@@ -233,7 +237,7 @@ class AutoSemiImplicit(AutoSampler):
         """The conditional score averaged over the draw's own mixing component and
         ``num_components`` fresh ones (per draw of ``w``), weighted by their densities at ``w``.
         They are drawn from ``key``, which :class:`ImplicitELBO` shares between the particles of a
-        step (:func:`~implicitvi.infer.primitives.shared_prng_key`): there their mixing pass runs
+        step (:func:`~implicitvi.infer.shared_prng_key`): there their mixing pass runs
         once per step, not once per particle."""
         c = self.num_components
         w, eps1, scale = (jax.lax.stop_gradient(a) for a in (w, eps1, scale))
