@@ -4,10 +4,11 @@ against ``Trace_ELBO`` + ``AutoMultivariateNormal`` at equal particles.
 On :func:`models.stoch_vol` with ``T = 100`` time points (D = 103) and ``T = --big-dim``
 (D = T + 3), the configurations of ``CONFIGS``: ``AutoImplicit`` with its default score
 network (three SSM-VR steps per SVI step) and with one score step, ``AutoMultivariateNormal``,
-``AutoSemiImplicit`` with its two scores, and SteinVI. Median (10th-90th percentile) wall time over ``--steps`` calls after ``--warmup``
-warm-up calls, the configurations interleaved call by call so that background load hits every
-one alike; CPU ms is the median process CPU time per call (insensitive to other work
-descheduling this process when XLA runs single-threaded); compile time is the first call.
+``AutoSemiImplicit`` with its two scores, and SteinVI. Median (10th-90th percentile) wall time
+over ``--steps`` calls after ``--warmup`` warm-up calls, the configurations interleaved call by
+call so that background load hits every one alike; CPU ms is the median process CPU time per
+call (insensitive to other work descheduling this process when XLA runs single-threaded);
+compile time is the first call.
 
 Usage::
 

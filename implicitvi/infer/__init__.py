@@ -26,6 +26,6 @@ __all__ = [
     "mixture_score",
     "run_minibatch",
     "save_checkpoint",
-    "shared_prng_key",
     "score_check",
+    "shared_prng_key",
 ]

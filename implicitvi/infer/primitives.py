@@ -36,6 +36,9 @@ def state_name(name: str) -> str:
     return f"_{name}_score_state"
 
 
+_SHARED_KEY = "implicitvi_shared_prng_key"  # the message type of shared_prng_key
+
+
 def shared_prng_key():
     """A PRNG key shared by all particles of one :class:`~implicitvi.infer.ImplicitELBO` step.
 
@@ -47,9 +50,6 @@ def shared_prng_key():
     """
     msg = apply_stack({"type": _SHARED_KEY, "fn": lambda: None, "args": (), "kwargs": {}, "value": None})
     return numpyro.prng_key() if msg["value"] is None else msg["value"]
-
-
-_SHARED_KEY = "implicitvi_shared_prng_key"
 
 
 class shared_key(Messenger):
