@@ -83,6 +83,12 @@ def mixture_score(log_densities, scores):
     Returns:
         ``(..., D)`` the score at ``w``.
     """
+    if jnp.ndim(scores) < 2 or jnp.shape(log_densities) != jnp.shape(scores)[:-1]:
+        raise ValueError(
+            "mixture_score: log_densities must have shape scores.shape[:-1] = (..., K) for scores "
+            f"of shape (..., K, D); got log_densities {jnp.shape(log_densities)} and scores "
+            f"{jnp.shape(scores)}"
+        )
     weights = jax.nn.softmax(log_densities, axis=-1)[..., None]
     return jnp.sum(weights * scores, axis=-2)
 

@@ -160,6 +160,8 @@ def test_mixture_score_is_the_gradient_of_the_mixtures_log_density():
         return mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(scales), -1), -z / scales), jax.vmap(jax.grad(log_q))(w)
 
     np.testing.assert_allclose(*both(w), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"log_densities must have shape scores.shape\[:-1\] = \(\.\.\., K\) for scores of shape \(\.\.\., K, D\); got log_densities \(5, 2\) and scores \(5, 3, 4\)"):
+        mixture_score(jnp.zeros((5, 2)), jnp.zeros((5, 3, 4)))
 
 
 def test_a_flow_needs_two_latent_dimensions():
