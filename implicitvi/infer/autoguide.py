@@ -83,8 +83,9 @@ class AutoSampler(AutoContinuous):
 
     Subclasses set ``self.estimator`` (``None`` where ``_draw_latent`` gives the scores),
     ``self.network`` and ``self.noise_dim`` (``None``: the latent dimension) before calling
-    ``__init__`` here, and implement ``_draw_latent(sample_shape) -> (w, implicit_sample
-    keywords)``.
+    ``__init__`` here, and implement ``_draw_latent(sample_shape, scored) -> (w, implicit_sample
+    keywords)``, where ``scored`` is false for posterior draws, which record no site (a score
+    the keywords would carry need not be computed).
     """
 
     def __init__(self, model, *, init_scale, num_samples, prefix, init_loc_fn):
@@ -154,8 +155,9 @@ class AutoSampler(AutoContinuous):
             params = numpyro.param(name, lambda key: net.init(key, self.noise_dim, out_dim, dtype))
         return lambda eps: net.apply(params, eps)
 
-    def _draw(self, sample_shape=()):
-        """``(u, w, log|det L|, implicit_sample keywords)`` for ``sample_shape`` draws."""
+    def _draw(self, sample_shape=(), scored=True):
+        """``(u, w, log|det L|, implicit_sample keywords)`` for ``sample_shape`` draws; without
+        ``scored``, the keywords may be empty."""
         d = self.latent_dim
         loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
         scale_tril = numpyro.param(
@@ -163,7 +165,7 @@ class AutoSampler(AutoContinuous):
             jnp.identity(d) * self._init_scale,
             constraint=constraints.scaled_unit_lower_cholesky,
         )
-        w, site_kwargs = self._draw_latent(tuple(sample_shape))
+        w, site_kwargs = self._draw_latent(tuple(sample_shape), scored)
         v, log_det = self._frame(w)
         u = loc + v @ scale_tril.T
         return u, w, log_det + jnp.sum(jnp.log(jnp.diagonal(scale_tril))), site_kwargs
@@ -175,9 +177,9 @@ class AutoSampler(AutoContinuous):
 
     def _sample_latent(self, *args, **kwargs):
         sample_shape = kwargs.pop("sample_shape", ())
-        u, w, log_det, site_kwargs = self._draw(sample_shape)
         if sample_shape:  # posterior draws: no site to score
-            return u
+            return self._draw(sample_shape, scored=False)[0]
+        u, w, log_det, site_kwargs = self._draw()
         return implicit_sample(
             f"_{self.prefix}_latent",
             u,
@@ -276,7 +278,7 @@ class AutoImplicit(AutoSampler):
             init_loc_fn=init_loc_fn,
         )
 
-    def _draw_latent(self, sample_shape):
+    def _draw_latent(self, sample_shape, scored=True):
         d = self.latent_dim
         gate = numpyro.param(f"{self.prefix}_gate", jnp.zeros(()))
         residual = self._network(d)

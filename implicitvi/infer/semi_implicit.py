@@ -226,7 +226,7 @@ class AutoSemiImplicit(AutoSampler):
         scale = self.min_scale + (half - self.min_scale) * 2 * jax.nn.sigmoid(out[..., d:])
         return loc, scale
 
-    def _draw_latent(self, sample_shape):
+    def _draw_latent(self, sample_shape, scored=True):
         d = self.latent_dim
         mixing = self._network(2 * d, rate=self.network_rate)
         key_mix, key_noise = jax.random.split(numpyro.prng_key())
@@ -234,6 +234,8 @@ class AutoSemiImplicit(AutoSampler):
         eps1 = jax.random.normal(key_noise, sample_shape + (d,))
         loc, scale = self._mixing(mixing, eps2)
         w = loc + scale * eps1
+        if not scored:
+            return w, {}
         target = -eps1 / scale
         if self.num_components:
             target = self._averaged_score(mixing, shared_prng_key(), w, eps1, scale)

@@ -101,6 +101,27 @@ def test_network_rate_applies_to_the_parameters_a_factory_registers():
     np.testing.assert_allclose(seen["weights"], 0.5)
 
 
+def test_posterior_draws_skip_the_averaged_score():
+    # Training draws average the conditional score over 8 fresh mixing components, one more
+    # mixing pass over (.., 8, K) noise; posterior draws record no site and make no such pass.
+    shapes = []
+
+    def factory(name, noise_dim, out_dim):
+        weights = numpyro.param(name, jnp.zeros((noise_dim, out_dim)))
+        return lambda eps: shapes.append(eps.shape) or eps @ weights
+
+    guide = AutoSemiImplicit(regression, network=factory, score="mixture", num_components=8)
+    with handlers.seed(rng_seed=0):
+        guide(X_REG, Y_REG)
+    d = guide.latent_dim
+    assert shapes == [(d,), (8, d)]
+    params = {"auto_loc": jnp.zeros(d), "auto_scale_tril": jnp.eye(d), "auto_sampler": jnp.zeros((d, 2 * d))}
+    shapes.clear()
+    draws = guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(5,))
+    assert shapes == [(5, d)]
+    assert draws["beta"].shape[0] == 5
+
+
 @pytest.mark.slow
 def test_kernel_estimators_ignore_the_conditional_scores():
     guide = AutoSemiImplicit(regression, estimator="stein")
