@@ -18,6 +18,7 @@ from autoencoders import (
     noise_mlp,
     semi_implicit_components,
     semi_implicit_estimator,
+    semi_implicit_frame,
 )
 
 from implicitvi import datasets, evaluation
@@ -84,7 +85,7 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
 
 
 def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws=16,
-                                  num_components=2**19, block=2**15):
+                                  num_components=2**19, block=2**15, frame_components=0):
     """How well the semi-implicit encoder's score network tracks the score of q(w | x): at
     ``num_draws`` draws of w per row of ``x``, the correlation (pooled over draws, rows and
     coordinates) of its scores with the mixture estimate
@@ -92,7 +93,8 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     fresh mixing draws (a consistent estimate of the score; see ``AutoSemiImplicit(score=
     "mixture")``), and the same correlation for the single conditional score −ε₁/s, the
     network's regression target, and for −w, the score of the standard normal the encoder starts
-    at. The components are drawn per row and summed in blocks of ``block`` (memory O(block)).
+    at (the network's scores taken in the encoder's moment frame over ``frame_components``
+    mixing draws, if positive, and mapped back to w). The components are drawn per row and summed in blocks of ``block`` (memory O(block)).
     Where few components lie near w the estimate leans towards the draw's own component, and so
     towards −ε₁/s; ``"network_coarse"``, the network's correlation with the estimate over the
     first eighth of the components, shows whether ``num_components`` is enough (the two agree).
@@ -140,7 +142,12 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
 
     coarse, ref = jax.lax.map(lambda a: reference(*a), (jnp.arange(n), x, w, m, s))
     context = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
-    net = estimator.score(score_state, w.reshape(-1, k), context).reshape(w.shape)
+    mean, var = jnp.zeros((n, k)), jnp.ones((n, k))
+    if frame_components:
+        probes = jax.random.normal(jax.random.fold_in(key, 1), (n, frame_components, k))
+        mean, var = semi_implicit_frame(mixing, gate, x, probes)
+    mean, sd = mean[:, None], jnp.sqrt(var)[:, None]
+    net = estimator.score(score_state, ((w - mean) / sd).reshape(-1, k), context).reshape(w.shape) / sd
     corr = lambda a, b: float(jnp.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
     return {"network": corr(net, ref), "network_coarse": corr(net, coarse),
             "conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref)}

@@ -161,11 +161,24 @@ def semi_implicit_components(mixing, gate, x, eps2, min_scale=MIN_SCALE, shift_b
     return half * eps2 + g, min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
 
 
-def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE):
+def semi_implicit_frame(mixing, gate, x, eps2):
+    """The moments of w | x from the components at ``C`` mixing draws ``eps2`` (n, C, k): the
+    mean (n, k) of their means and the variance (n, k) of the mixture, Var m + E s², held
+    constant (no gradient)."""
+    m, s = jax.lax.stop_gradient(semi_implicit_components(mixing, gate, x, eps2))
+    return m.mean(1), m.var(1) + (s**2).mean(1)
+
+
+def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE, frame_components=0):
     """Guide z = μ(x) + σ(x) ⊙ w, w | x, ε₂ ~ N(m, diag s²) of :func:`semi_implicit_components`,
     whose gate starts at zero (w ~ N(0, I): the Gaussian encoder) and is stored divided by
     ``mixing_rate`` (under RMSProp it moves at that fraction of the rate). H[z | x] =
-    Σ log σ(x) + H[w | x]; the site carries −ε₁/s, the regression target of ``estimator``."""
+    Σ log σ(x) + H[w | x]; the site carries −ε₁/s, the regression target of ``estimator``.
+    With ``frame_components = C > 0`` the score is estimated in the frame
+    w̃ = (w − m̄(x)) / v̄(x)^½ of w's moments over C fresh mixing draws
+    (:func:`semi_implicit_frame`; a constant affine map given x, so H[w | x] = H[w̃ | x] +
+    ½ Σ log v̄(x)), where the network's normal base −w̃ is the moment-matched Gaussian's score
+    and the network learns only what q(w | x) adds to it; the target is v̄^½ ⊙ (−ε₁/s)."""
 
     def guide(x, latent_dim, hidden):
         batch, data_dim = x.shape
@@ -173,17 +186,22 @@ def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE):
         net = noise_mlp(hidden, 2 * latent_dim, data_dim)
         mixing = numpyro.module("mixing", net, (batch, data_dim + latent_dim))
         gate = mixing_rate * numpyro.param("mixing_gate", jnp.zeros(()))
-        key_mix, key_noise = jax.random.split(numpyro.prng_key())
+        key_mix, key_noise, *key_frame = jax.random.split(numpyro.prng_key(), 2 + bool(frame_components))
         eps2 = jax.random.normal(key_mix, (batch, latent_dim), x.dtype)
         eps1 = jax.random.normal(key_noise, (batch, latent_dim), x.dtype)
         loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
         m, s = semi_implicit_components(mixing, gate, x, eps2)
         w = m + s * eps1
+        latent, log_det, target = w, log_scale.sum(-1), -eps1 / s
+        if frame_components:
+            probes = jax.random.normal(key_frame[0], (batch, frame_components, latent_dim), x.dtype)
+            mean, var = semi_implicit_frame(mixing, gate, x, probes)
+            latent, log_det, target = (w - mean) / jnp.sqrt(var), log_det + 0.5 * jnp.log(var).sum(-1), target * jnp.sqrt(var)
         with numpyro.plate("batch", batch):
             implicit_sample(
-                "z", loc + jnp.exp(log_scale) * w, latent=w, log_abs_det_jacobian=log_scale.sum(-1),
+                "z", loc + jnp.exp(log_scale) * w, latent=latent, log_abs_det_jacobian=log_det,
                 support=constraints.real_vector, context=x, estimator=estimator,
-                conditional_score=-eps1 / s,
+                conditional_score=target,
             )
 
     return guide
@@ -205,16 +223,18 @@ def gaussian_encoder(x, latent_dim, hidden):
         numpyro.sample("z", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
 
 
-def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100):
+def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100, frame_components=0):
     """SVI (RMSProp ``lr``) of the VAE with ``encoder`` in {implicit, whitened, semi-implicit,
     gaussian} and, for the first two, ``estimator`` in {ssm, stein, ssge} (the semi-implicit
-    encoder's is always a conditional network fitted by regression)."""
+    encoder's is always a conditional network fitted by regression, in the moment frame of
+    ``frame_components`` mixing draws if that is positive)."""
     model = bernoulli_decoder(activation)
     if encoder == "gaussian":
         return SVI(model, gaussian_encoder, optax.rmsprop(lr), Trace_ELBO())
     if encoder == "semi-implicit":
         est = semi_implicit_estimator(lr)
-        return SVI(model, semi_implicit_encoder(est), optax.rmsprop(lr), ImplicitELBO(num_particles=1))
+        guide = semi_implicit_encoder(est, frame_components=frame_components)
+        return SVI(model, guide, optax.rmsprop(lr), ImplicitELBO(num_particles=1))
     # The whitened encoder's w is near-normal: its estimators shrink towards the normal score.
     base = "normal" if encoder == "whitened" else "zero"
     draws = None if estimator == "ssm" else kernel_samples

@@ -82,12 +82,14 @@ OWN_ESTIMATOR = ("gaussian", "semi-implicit")
 
 
 def run_name(args):
-    """File stem of a run: ``vae_{encoder}[_{estimator}]_z{d}`` or ``wae_{regularizer}_z{d}``,
+    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}]_z{d}`` or ``wae_{regularizer}_z{d}``,
     then ``_softplus`` for a softplus decoder and ``_seedN`` for a seed other than 0."""
     if args.command == "vae":
         kind = args.encoder.replace("-", "_")
         if args.encoder not in OWN_ESTIMATOR:
             kind = f"{kind}_{args.estimator}"
+        if args.frame_components:
+            kind = f"{kind}_frame{args.frame_components}"
     else:
         kind = args.regularizer
     activation = "" if args.decoder_activation == "tanh" else f"_{args.decoder_activation}"
@@ -102,6 +104,8 @@ def run_config(args):
         estimator = None if args.encoder in OWN_ESTIMATOR else args.estimator
         model = {"encoder": args.encoder, "estimator": estimator,
                  "kernel_samples": args.kernel_samples}
+        if args.frame_components:  # absent at 0, as in the checkpoints written before the option
+            model["frame_components"] = args.frame_components
     else:
         model = {"regularizer": args.regularizer, "lam": args.lam}
     activation = {} if args.decoder_activation == "softplus" else {"decoder_activation": args.decoder_activation}
@@ -145,7 +149,8 @@ def run(args):
     hidden = tuple(args.hidden)
     name = run_name(args)
     if args.command == "vae":
-        svi = vae_svi(args.encoder, args.estimator, args.lr, args.decoder_activation, args.kernel_samples)
+        svi = vae_svi(args.encoder, args.estimator, args.lr, args.decoder_activation, args.kernel_samples,
+                      args.frame_components)
         model_args = (args.latent_dim, hidden)
     else:
         svi = wae_svi(args.regularizer, args.lr, args.decoder_activation)
@@ -169,7 +174,7 @@ def run(args):
         if args.encoder == "semi-implicit":
             agreement = semi_implicit_score_agreement(
                 eval_key, params, result.state.mutable_state[state_name("z")]["score"], test_x[:64],
-                hidden)
+                hidden, frame_components=args.frame_components)
             results.update({f"score_corr_{k}": v for k, v in agreement.items()})
         codes = draws[0]
     else:
@@ -281,6 +286,8 @@ def parse_args(argv=None):
                      default="implicit")
     vae.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
     vae.add_argument("--kernel-samples", type=int, default=100, help="encoder draws per x for stein/ssge")
+    vae.add_argument("--frame-components", type=int, default=0,
+                     help="semi-implicit encoder: mixing draws for the moment frame of its score (0: none)")
     vae.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
     vae.add_argument("--proposal-widen", type=float, default=1.5)
     wae = sub.add_parser("wae", help="train and evaluate one WAE")
