@@ -73,34 +73,46 @@ def implicit_guide(estimator, draws=None):
     return guide
 
 
-def semi_implicit_guide(estimator, min_scale=0.01, mixing_rate=0.1):
+def semi_implicit_guide(estimator, min_scale=0.3, shift_bound=3.0, mixing_rate=0.1, frame_draws=64):
     """q(z | x) = E_ε₂ N(z; μ(x) + σ(x) m(x, ε₂), diag (σ(x) s(x, ε₂))²): the Gaussian encoder's
-    z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g(x, ε₂) + s(x, ε₂) ⊙ ε₁, with
-    s ∈ (min_scale, √2) and the gate on (g, h) at zero at the start, so that w ~ N(0, I) and the
-    encoder starts as the Gaussian one. The gate's parameter is stored divided by
-    ``mixing_rate``, so that under RMSProp it moves at that fraction of the learning rate (as
-    ``AutoSemiImplicit(network_rate=0.1)``): at the full rate the mixing outruns its score
-    network and the encoder narrows. H[z | x] = Σ log σ(x) + H[w | x], and the site carries
-    the conditional score −ε₁/s of w, the regression target of ``estimator``."""
+    z = μ(x) + σ(x) ⊙ w around a semi-implicit w = ε₂/√2 + g(x, ε₂) + s(x, ε₂) ⊙ ε₁, with a
+    centred, bounded shift g = b tanh((g̃(x, ε₂) − g̃(x, 0)) / b) and scales s ∈ (min_scale,
+    √2 − min_scale), so that μ(x) and σ(x) keep the location and scale of w and w cannot become
+    a mixture of needles; the gate on the mixing network starts at zero (w ~ N(0, I), the
+    Gaussian encoder) and is stored divided by ``mixing_rate``, so that under RMSProp it moves at
+    that fraction of the learning rate. H[z | x] = Σ log σ(x) + H[w | x]. The score of w is
+    estimated in the frame w̃ = (w − m̄(x)) / v̄(x)^½ of w's mean and variance over
+    ``frame_draws`` fresh mixing draws, a constant affine map given x: the normal-base network
+    then learns only what q(w | x) adds to its moment-matched Gaussian. The site carries the
+    conditional score of w̃, v̄^½ ⊙ (−ε₁/s), the regression target of ``estimator``."""
+    half = 0.5**0.5
+
+    def components(mixing, gate, x, eps2):
+        g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
+        g0 = jnp.split(gate * mixing(x, jnp.zeros((x.shape[0], eps2.shape[-1]), x.dtype)), 2, axis=-1)[0]
+        g = shift_bound * jnp.tanh((g - (g0 if eps2.ndim == 2 else g0[:, None])) / shift_bound)
+        return half * eps2 + g, min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
 
     def guide(x, latent_dim, hidden):
         batch, data_dim = x.shape
         gaussian = numpyro.module("encoder", mlp(hidden, 2 * latent_dim), (batch, data_dim))
         mixing = numpyro.module("mixing", noise_mlp(hidden, 2 * latent_dim, data_dim), (batch, data_dim + latent_dim))
         gate = mixing_rate * numpyro.param("mixing_gate", jnp.zeros(()))
-        key_mix, key_noise = jax.random.split(numpyro.prng_key())
+        key_mix, key_noise, key_frame = jax.random.split(numpyro.prng_key(), 3)
         eps2 = jax.random.normal(key_mix, (batch, latent_dim), x.dtype)
         eps1 = jax.random.normal(key_noise, (batch, latent_dim), x.dtype)
         loc, log_scale = jnp.split(gaussian(x), 2, axis=-1)
-        g, h = jnp.split(gate * mixing(x, eps2), 2, axis=-1)
-        half = 0.5**0.5
-        s = min_scale + (half - min_scale) * 2 * jax.nn.sigmoid(h)
-        w = half * eps2 + g + s * eps1
+        m, s = components(mixing, gate, x, eps2)
+        w = m + s * eps1
+        probes = jax.random.normal(key_frame, (batch, frame_draws, latent_dim), x.dtype)
+        m_k, s_k = jax.lax.stop_gradient(components(mixing, gate, x, probes))
+        mean, sd = m_k.mean(1), jnp.sqrt(m_k.var(1) + (s_k**2).mean(1))
         with numpyro.plate("batch", batch):
             implicit_sample(
-                "z", loc + jnp.exp(log_scale) * w, latent=w, log_abs_det_jacobian=log_scale.sum(-1),
+                "z", loc + jnp.exp(log_scale) * w, latent=(w - mean) / sd,
+                log_abs_det_jacobian=(log_scale + jnp.log(sd)).sum(-1),
                 support=constraints.real_vector, context=x, estimator=estimator,
-                conditional_score=-eps1 / s,
+                conditional_score=sd * (-eps1 / s),
             )
 
     return guide
