@@ -94,8 +94,8 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     "mixture")``), and the same correlation for the single conditional score −ε₁/s, the
     network's regression target, and for −w, the score of the standard normal the encoder starts
     at (the network's scores taken in the encoder's moment frame over ``frame_components``
-    mixing draws, if positive, and mapped back to w). The components are drawn per row and summed in blocks of ``block`` (memory O(block)).
-    Where few components lie near w the estimate leans towards the draw's own component, and so
+    mixing draws, if positive, and mapped back to w). The components are drawn per row and
+    summed in blocks of ``block`` (memory O(block)). Where few components lie near w the estimate leans towards the draw's own component, and so
     towards −ε₁/s; ``"network_coarse"``, the network's correlation with the estimate over the
     first eighth of the components, shows whether ``num_components`` is enough (the two agree).
     Returns ``{"network", "network_coarse", "conditional", "normal"}``."""
@@ -130,9 +130,9 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
             fresh = jax.random.normal(jax.random.fold_in(jax.random.fold_in(k_fresh, i), b), (1, block, k))
             m_k, s_k = semi_implicit_components(mixing, gate, x_i[None], fresh)
             log_q, scores = log_q_and_scores(w_i, m_k, s_k)
-            new = jnp.logaddexp(lse, jax.nn.logsumexp(log_q, -1))
-            acc = acc * jnp.exp(lse - new)[:, None] + mixture_score(log_q, scores) * jnp.exp(
-                jax.nn.logsumexp(log_q, -1) - new)[:, None]
+            block_lse = jax.nn.logsumexp(log_q, -1)
+            new = jnp.logaddexp(lse, block_lse)
+            acc = acc * jnp.exp(lse - new)[:, None] + mixture_score(log_q, scores) * jnp.exp(block_lse - new)[:, None]
             return (new, acc), None
 
         blocks = num_components // block

@@ -196,7 +196,8 @@ def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE, frame_components=0
         if frame_components:
             probes = jax.random.normal(key_frame[0], (batch, frame_components, latent_dim), x.dtype)
             mean, var = semi_implicit_frame(mixing, gate, x, probes)
-            latent, log_det, target = (w - mean) / jnp.sqrt(var), log_det + 0.5 * jnp.log(var).sum(-1), target * jnp.sqrt(var)
+            sd = jnp.sqrt(var)
+            latent, log_det, target = (w - mean) / sd, log_det + 0.5 * jnp.log(var).sum(-1), target * sd
         with numpyro.plate("batch", batch):
             implicit_sample(
                 "z", loc + jnp.exp(log_scale) * w, latent=latent, log_abs_det_jacobian=log_det,
