@@ -307,6 +307,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.command in ("vae", "wae") and args.latent_dim < 1:
         p.error(f"--latent-dim must be >= 1, got {args.latent_dim}")
+    if args.command == "vae" and args.frame_components < 0:
+        p.error(f"--frame-components must be >= 0, got {args.frame_components}")
+    if args.command == "vae" and args.frame_components and args.encoder != "semi-implicit":
+        p.error(f"--frame-components applies to --encoder semi-implicit only, got --encoder {args.encoder}")
     if args.command == "wae" and args.lam <= 0:
         p.error(f"--lam must be > 0, got {args.lam}")
     return args

@@ -13,12 +13,19 @@ from mnist_vae_wae import main, parse_args, run_config, run_name
         (["vae", "--estimator", "ssge", "--latent-dim", "32", "--seed", "1"], "vae_implicit_ssge_z32_seed1"),
         (["vae", "--encoder", "whitened", "--decoder-activation", "softplus"], "vae_whitened_ssm_z8_softplus"),
         (["vae", "--encoder", "semi-implicit", "--estimator", "stein"], "vae_semi_implicit_z8"),
+        (["vae", "--encoder", "semi-implicit", "--frame-components", "64"], "vae_semi_implicit_frame64_z8"),
         (["wae", "--regularizer", "mmd", "--seed", "2"], "wae_mmd_z8_seed2"),
         (["wae", "--decoder-activation", "softplus"], "wae_ssm_z8_softplus"),
     ],
 )
 def test_runs_are_named_after_their_configuration(argv, name):
     assert run_name(parse_args(argv)) == name
+
+
+def test_the_frame_enters_the_checkpoint_configuration_only_when_used():
+    assert "frame_components" not in run_config(parse_args(["vae", "--encoder", "semi-implicit"]))
+    frame = run_config(parse_args(["vae", "--encoder", "semi-implicit", "--frame-components", "64"]))
+    assert frame["frame_components"] == 64
 
 
 def test_checkpoint_configurations_are_those_existing_checkpoints_hold():
@@ -69,6 +76,27 @@ def test_compare_pairs_runs_image_by_image_on_the_images_both_scored(tmp_path, c
     assert rows[2] == "| a | 4 | 92.50 | +0.00 ± 0.00 |"
     assert rows[3] == f"| b | 4 | 94.50 | +2.00 ± {1 / np.sqrt(3):.2f} |"
     assert rows[4] == "| c | 4 | 92.00 | -0.50 ± 0.00 |"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--encoder", "semi-implicit", "--frame-components", "-1"], "--frame-components must be >= 0, got -1"),
+        (["--encoder", "gaussian", "--frame-components", "64"],
+         "--frame-components applies to --encoder semi-implicit only, got --encoder gaussian"),
+    ],
+)
+def test_bad_frame_components_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["vae", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_score_agreement_needs_components_in_whole_blocks():
+    from autoencoder_eval import semi_implicit_score_agreement
+
+    with pytest.raises(ValueError, match=r"num_components must be a multiple of 8 \* min\(block, num_components // 8\), got 100 with block 12"):
+        semi_implicit_score_agreement(None, None, None, None, (8,), num_components=100)
 
 
 def test_the_paper_configurations_need_data(capsys):
