@@ -5,6 +5,7 @@ and the figure of samples, reconstructions and the loss curve."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -58,12 +59,13 @@ def standard_error(values):
     return float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
 
 
-def evaluate(key, args, log_lik, test_x, loc, scale):
+def evaluate(key, args, log_lik, test_x, loc, scale, ais_path, steps):
     """NLLs, their standard errors and per-image values (``args``: the driver's options
-    ``iwae_rows``, ``iwae_samples``, ``ais_rows``, ``latent_dim``, ``ais_temperatures``,
-    ``ais_chains``, ``ais_leapfrog``): the IWAE bound with the Gaussian proposal
-    N(loc, S Sᵀ) per row (``scale``: standard deviations (n, d) or Cholesky factors (n, d, d)),
-    and AIS from the prior."""
+    ``iwae_rows``, ``iwae_samples``, ``ais_rows``, ``ais_block``, ``latent_dim``,
+    ``ais_temperatures``, ``ais_chains``, ``ais_leapfrog``): the IWAE bound with the Gaussian
+    proposal N(loc, S Sᵀ) per row (``scale``: standard deviations (n, d) or Cholesky factors
+    (n, d, d)), and AIS from the prior by :func:`blockwise_ais` (saved to ``ais_path`` for the
+    model trained ``steps`` steps)."""
     results = {}
     iwae_key, ais_key = jax.random.split(key)
     if args.iwae_rows:
@@ -74,14 +76,39 @@ def evaluate(key, args, log_lik, test_x, loc, scale):
         results.update(per_image_summary("iwae", iwae.log_likelihood))
         results["iwae_seconds"] = time.perf_counter() - start
     if args.ais_rows:
-        start = time.perf_counter()
-        ais = evaluation.ais_log_likelihood(
-            ais_key, log_lik, test_x[: args.ais_rows], args.latent_dim, schedule=args.ais_temperatures,
-            num_chains=args.ais_chains, num_leapfrog=args.ais_leapfrog,
-        )
-        results.update(per_image_summary("ais", ais.log_likelihood))
-        results["ais_seconds"] = time.perf_counter() - start
+        log_likelihood, seconds = blockwise_ais(ais_key, args, log_lik, test_x[: args.ais_rows], ais_path, steps)
+        results.update(per_image_summary("ais", log_likelihood))
+        results["ais_seconds"] = seconds
     return results
+
+
+def blockwise_ais(key, args, log_lik, x, path, steps):
+    """AIS log-likelihoods (n,) of the rows of ``x`` and the seconds they took, computed
+    ``args.ais_block`` rows at a time. After each block the values so far are saved to ``path``
+    (``.npz``) with the settings and the model's training ``steps``; values saved under the same
+    settings and steps are reused, so a run stopped part way resumes at its next block and a
+    re-evaluation costs nothing. Row i draws from ``fold_in(key, i)`` in any block: the values are
+    those of one call on all rows."""
+    settings = np.array([steps, args.ais_temperatures, args.ais_chains, args.ais_leapfrog])
+    done, seconds = np.zeros(0, np.float32), 0.0
+    if os.path.exists(path):
+        saved = np.load(path)
+        if np.array_equal(saved["settings"], settings):
+            done, seconds = saved["log_likelihood"][: len(x)], float(saved["seconds"])
+    for first in range(len(done), len(x), args.ais_block):
+        start = time.perf_counter()
+        block = evaluation.ais_log_likelihood(
+            key, log_lik, x[first : first + args.ais_block], args.latent_dim, schedule=args.ais_temperatures,
+            num_chains=args.ais_chains, num_leapfrog=args.ais_leapfrog, first_row=first,
+        )
+        done = np.concatenate([done, np.asarray(block.log_likelihood)])
+        seconds += time.perf_counter() - start
+        partial = f"{path}.part.npz"  # written whole, then renamed: a stop mid-write loses nothing
+        np.savez(partial, settings=settings, log_likelihood=done, seconds=seconds)
+        os.replace(partial, path)
+        print(f"AIS: {len(done)} of {len(x)} rows, {seconds:.0f} s", flush=True)
+    # As one array from the device, so that the mean's summation order is that of a single call.
+    return jnp.asarray(done), seconds
 
 
 def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws=16,

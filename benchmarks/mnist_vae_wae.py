@@ -7,8 +7,9 @@ schedule of 1000 temperatures, 16 chains, HMC with 10 leapfrog steps) on the fir
 ``--ais-rows``, all of one fixed binarization. Each run is named after its configuration
 (``vae_implicit_ssm_z8``, ``wae_mmd_z8_softplus_seed1``); ``--out-dir`` holds its checkpoint
 ``NAME.npz`` (a checkpoint of another configuration is refused), its results ``NAME.json``, its
-per-image values ``NAME_per_image.npz`` and a figure ``NAME.png`` of samples, reconstructions and
-the loss curve.
+per-image values ``NAME_per_image.npz``, a figure ``NAME.png`` of samples, reconstructions and
+the loss curve, and the AIS values so far, ``NAME_ais.npz``, saved every ``--ais-block`` images:
+an evaluation stopped part way resumes there.
 
     python benchmarks/mnist_vae_wae.py vae --data mnist.pkl.gz --latent-dim 8 --estimator stein
     python benchmarks/mnist_vae_wae.py wae --data mnist.pkl.gz --latent-dim 8 --regularizer ssm
@@ -159,6 +160,7 @@ def run(args):
     params = svi.get_params(result.state)
     test_x = binarized_test_images(data)
     log_lik = decoder_log_likelihood(params, hidden, test_x.shape[-1], args.decoder_activation)
+    ais_path = os.path.join(args.out_dir, f"{name}_ais.npz")
     if args.command == "vae":
         draws = encoder_draws(svi.guide, params, test_x[: max(args.iwae_rows, 64)], args.latent_dim,
                               hidden, eval_key, args.proposal_draws)
@@ -167,7 +169,7 @@ def run(args):
         loc, scale = evaluation.gaussian_proposal(
             jnp.swapaxes(draws[:, : args.iwae_rows], 0, 1), widen=args.proposal_widen
         )
-        results = evaluate(eval_key, args, log_lik, test_x, loc, scale)
+        results = evaluate(eval_key, args, log_lik, test_x, loc, scale, ais_path, len(result.losses))
         # The spread of q(z | x) over the first 64 test images: an implicit encoder that learns
         # to ignore its noise tends to 0 here.
         results["encoder_sd"] = float(np.std(np.asarray(draws[:, :64]), axis=0).mean())
@@ -183,7 +185,7 @@ def run(args):
         # fraction of the codes' spread over the test set.
         loc = codes[: args.iwae_rows]
         scale = jnp.broadcast_to(args.proposal_scale * codes.std(0), loc.shape)
-        results = evaluate(eval_key, args, log_lik, test_x, loc, scale)
+        results = evaluate(eval_key, args, log_lik, test_x, loc, scale, ais_path, len(result.losses))
     decode = jax.jit(lambda z: jax.nn.sigmoid(decoder_net(hidden, test_x.shape[-1], args.decoder_activation)[1](
         params["decoder$params"], z)))
     save_figure(os.path.join(args.out_dir, f"{name}.png"), decode(jax.random.normal(fig_key, (64, args.latent_dim))),
@@ -270,6 +272,8 @@ def add_run_arguments(p, out_dir):
     p.add_argument("--iwae-rows", type=int, default=10_000)
     p.add_argument("--iwae-samples", type=int, default=1000)
     p.add_argument("--ais-rows", type=int, default=0)
+    p.add_argument("--ais-block", type=int, default=500,
+                   help="AIS rows between saves of OUT_DIR/NAME_ais.npz, from which a run resumes")
     p.add_argument("--ais-temperatures", type=int, default=1000)
     p.add_argument("--ais-chains", type=int, default=16)
     p.add_argument("--ais-leapfrog", type=int, default=10)
@@ -307,6 +311,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.command in ("vae", "wae") and args.latent_dim < 1:
         p.error(f"--latent-dim must be >= 1, got {args.latent_dim}")
+    if args.command in ("vae", "wae") and args.ais_block < 1:
+        p.error(f"--ais-block must be >= 1, got {args.ais_block}")
     if args.command == "vae" and args.frame_components < 0:
         p.error(f"--frame-components must be >= 0, got {args.frame_components}")
     if args.command == "vae" and args.frame_components and args.encoder != "semi-implicit":

@@ -59,6 +59,38 @@ def test_a_run_resumes_and_refuses_another_configurations_checkpoint(tmp_path):
                          "--checkpoint", checkpoint, *tiny]))
 
 
+def test_ais_in_saved_blocks_matches_one_call_and_resumes_where_it_stopped(tmp_path, monkeypatch):
+    import argparse
+
+    import autoencoder_eval
+    import jax
+    import jax.numpy as jnp
+
+    from implicitvi import evaluation
+
+    args = argparse.Namespace(ais_block=2, latent_dim=1, ais_temperatures=4, ais_chains=2, ais_leapfrog=2)
+    x = np.arange(5.0)[:, None]
+    log_lik = lambda z, x: -0.5 * jnp.sum((x - z) ** 2)  # noqa: E731
+    key, path = jax.random.PRNGKey(0), str(tmp_path / "run_ais.npz")
+    whole = evaluation.ais_log_likelihood(key, log_lik, x, 1, schedule=4, num_chains=2, num_leapfrog=2)
+    calls = []
+    ais = evaluation.ais_log_likelihood
+    monkeypatch.setattr(evaluation, "ais_log_likelihood", lambda *a, **k: calls.append(k["first_row"]) or ais(*a, **k))
+    first, _ = autoencoder_eval.blockwise_ais(key, args, log_lik, x[:3], path, steps=10)
+    assert calls == [0, 2]
+    # A longer run of the same model computes only the rows not saved yet.
+    rows, _ = autoencoder_eval.blockwise_ais(key, args, log_lik, x, path, steps=10)
+    assert calls == [0, 2, 3]
+    np.testing.assert_array_equal(rows, whole.log_likelihood)
+    np.testing.assert_array_equal(first, whole.log_likelihood[:3])
+    assert np.load(path)["log_likelihood"].shape == (5,)
+    # The same rows again cost nothing; a model trained further starts afresh.
+    autoencoder_eval.blockwise_ais(key, args, log_lik, x[:4], path, steps=10)
+    assert calls == [0, 2, 3]
+    autoencoder_eval.blockwise_ais(key, args, log_lik, x[:1], path, steps=20)
+    assert calls == [0, 2, 3, 0]
+
+
 def test_compare_pairs_runs_image_by_image_on_the_images_both_scored(tmp_path, capsys):
     first = np.array([90.0, 120.0, 60.0, 100.0])
     # The second run is worse by 1 or 3 nats per image: mean 2, sample sd 2/√3, so se 1/√3.
@@ -84,9 +116,10 @@ def test_compare_pairs_runs_image_by_image_on_the_images_both_scored(tmp_path, c
         (["--encoder", "semi-implicit", "--frame-components", "-1"], "--frame-components must be >= 0, got -1"),
         (["--encoder", "gaussian", "--frame-components", "64"],
          "--frame-components applies to --encoder semi-implicit only, got --encoder gaussian"),
+        (["--ais-block", "0"], "--ais-block must be >= 1, got 0"),
     ],
 )
-def test_bad_frame_components_are_named(argv, message, capsys):
+def test_bad_flags_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(["vae", *argv])
     assert message in capsys.readouterr().err

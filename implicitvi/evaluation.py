@@ -54,6 +54,7 @@ from implicitvi._checks import (
     as_float_array,
     check_finite,
     check_in_range,
+    check_int_at_least,
     check_key,
     check_positive,
     check_positive_int,
@@ -153,6 +154,7 @@ def ais_log_likelihood(
     target_acceptance: float = 0.65,
     step_size_bounds: tuple[float, float] = (1e-4, 0.5),
     batch_size: int = 100,
+    first_row: int = 0,
 ) -> AISResult:
     r"""AIS estimate of :math:`\log p(x)` for each row of ``x`` (Neal 2001; Wu et al. 2017).
 
@@ -177,8 +179,9 @@ def ais_log_likelihood(
 
     Rows are processed ``batch_size`` at a time by one compiled function (a ``lax.scan`` over
     temperatures, vmapped over chains and rows), cached for the same ``log_likelihood_fn``
-    object and counts; row ``i`` draws from ``jax.random.fold_in(key, i)``, so the estimates do
-    not depend on ``batch_size``.
+    object and counts; row ``i`` draws from ``jax.random.fold_in(key, first_row + i)``, so the
+    estimates depend neither on ``batch_size`` nor on whether a data set is scored whole or in
+    pieces (``x[a:b]`` with ``first_row=a``, e.g. to save a long run block by block).
 
     Args:
         key: PRNG key.
@@ -197,6 +200,7 @@ def ais_log_likelihood(
         target_acceptance: acceptance rate in ``(0, 1)`` the adaptation aims at.
         step_size_bounds: ``(low, high)`` with ``0 < low <= step_size <= high``.
         batch_size: rows per compiled call (memory grows with ``batch_size * num_chains``).
+        first_row: index ``>= 0`` of ``x``'s first row in the data set it was sliced from.
 
     Returns:
         :class:`AISResult` with ``log_likelihood`` ``(n,)``, ``log_weights`` ``(n, K)`` and
@@ -208,11 +212,11 @@ def ais_log_likelihood(
             array, ``log_likelihood_fn`` is not callable or returns a non-floating value.
         ValueError: ``x`` has fewer than 2 dimensions, no rows or non-finite values;
             ``log_likelihood_fn`` does not return a scalar or fails on a latent of shape
-            ``(latent_dim,)`` and a row of ``x``; a count is below 1; the schedule is
-            not ``T >= 2`` increasing temperatures from 0 to 1; ``step_size`` lies outside
-            ``step_size_bounds``; ``target_acceptance`` is not in ``(0, 1)``; an estimate came
-            out NaN or +inf (``log_likelihood_fn`` returned NaN or +inf along a chain), checked
-            after the run on concrete results.
+            ``(latent_dim,)`` and a row of ``x``; a count is below 1 or ``first_row`` below 0;
+            the schedule is not ``T >= 2`` increasing temperatures from 0 to 1; ``step_size``
+            lies outside ``step_size_bounds``; ``target_acceptance`` is not in ``(0, 1)``; an
+            estimate came out NaN or +inf (``log_likelihood_fn`` returned NaN or +inf along a
+            chain), checked after the run on concrete results.
     """
     check_key(key)
     x, dtype = _check_data(x)
@@ -222,6 +226,7 @@ def ais_log_likelihood(
     check_positive_int(num_chains, "num_chains")
     check_positive_int(num_leapfrog, "num_leapfrog")
     check_positive_int(batch_size, "batch_size")
+    check_int_at_least(first_row, "first_row", 0)
     _check_step_size(step_size, step_size_bounds)
     check_in_range(target_acceptance, "target_acceptance", 0.0, 1.0, low_open=True, high_open=True)
 
@@ -237,7 +242,7 @@ def ais_log_likelihood(
     settings = tuple(
         jnp.asarray(v, dtype) for v in (step_size, target_acceptance, step_size_bounds)
     )
-    result = _map_rows(batch_fn, key, (x,), (betas, *settings), batch_size)
+    result = _map_rows(batch_fn, key, (x,), (betas, *settings), batch_size, first_row)
     _check_estimates(result.log_likelihood)
     return result
 
@@ -337,6 +342,7 @@ def iwae_log_likelihood(
     *,
     num_samples: int = 1000,
     batch_size: int = 10,
+    first_row: int = 0,
 ) -> IWAEResult:
     r"""Importance-weighted estimate of :math:`\log p(x)` with a Gaussian proposal per row.
 
@@ -364,7 +370,9 @@ def iwae_log_likelihood(
             proposal covariances; diagonal entries positive.
         num_samples: ``S``, proposal draws per row.
         batch_size: rows per compiled call (memory grows with ``batch_size * num_samples``);
-            row ``i`` draws from ``jax.random.fold_in(key, i)`` whatever the batch.
+            row ``i`` draws from ``jax.random.fold_in(key, first_row + i)`` whatever the batch.
+        first_row: index ``>= 0`` of ``x``'s first row in the data set it was sliced from, as
+            in :func:`ais_log_likelihood`.
 
     Returns:
         :class:`IWAEResult` with ``log_likelihood`` ``(n,)`` and ``log_weights`` ``(n, S)``, in
@@ -378,8 +386,8 @@ def iwae_log_likelihood(
             not ``(n, latent_dim)`` with the rows of ``x``; ``scale`` has neither accepted shape,
             is not lower-triangular or has non-positive diagonal entries; an array has
             non-finite values; ``log_likelihood_fn`` does not return a scalar or fails on a
-            latent and a row of ``x``; a count is below 1; an estimate came out NaN or +inf
-            (checked after the run on concrete results).
+            latent and a row of ``x``; a count is below 1 or ``first_row`` below 0; an estimate
+            came out NaN or +inf (checked after the run on concrete results).
     """
     check_key(key)
     x, _ = _check_data(x)
@@ -394,9 +402,10 @@ def iwae_log_likelihood(
     _check_log_likelihood_fn(log_likelihood_fn, loc.shape[1], x, loc.dtype)
     check_positive_int(num_samples, "num_samples")
     check_positive_int(batch_size, "batch_size")
+    check_int_at_least(first_row, "first_row", 0)
 
     batch_fn = partial(_iwae_batch, log_likelihood_fn=log_likelihood_fn, num_samples=num_samples)
-    result = _map_rows(batch_fn, key, (x, loc, scale_tril), (), batch_size)
+    result = _map_rows(batch_fn, key, (x, loc, scale_tril), (), batch_size, first_row)
     _check_estimates(result.log_likelihood)
     return result
 
@@ -474,9 +483,9 @@ def _log_mean_exp(a):
     return jax.nn.logsumexp(a, axis=-1) - math.log(a.shape[-1])
 
 
-def _map_rows(batch_fn, key, rows, shared, batch_size):
+def _map_rows(batch_fn, key, rows, shared, batch_size, first_row):
     """``batch_fn(key, row_indices, *row_batches, *shared)`` over all rows, ``batch_size`` at a
-    time, concatenated.
+    time, concatenated; the indices count from ``first_row``.
 
     Batches are sliced on the host, and the last one is padded with copies of the last row
     (dropped afterwards), so that all batches share one compilation.
@@ -487,12 +496,13 @@ def _map_rows(batch_fn, key, rows, shared, batch_size):
     outputs = []
     for start in range(0, n, size):
         idx = np.minimum(np.arange(start, start + size), n - 1)
-        outputs.append(batch_fn(key, idx, *(a[idx] for a in rows), *shared))
+        outputs.append(batch_fn(key, first_row + idx, *(a[idx] for a in rows), *shared))
     return jax.tree.map(lambda *parts: jnp.asarray(np.concatenate(parts)[:n]), *outputs)
 
 
 def _row_keys(key, idx):
-    """Row ``i`` draws from ``fold_in(key, i)``, whichever batch it falls in."""
+    """Row ``i`` (counted from ``first_row``) draws from ``fold_in(key, i)``, whichever batch it
+    falls in."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
