@@ -1,33 +1,26 @@
 """Precision and reproducibility.
 
-Float64: under ``jax_enable_x64`` every estimator, objective, the entropy surrogate, ImplicitELBO
-and both autoguides compute in float64 throughout, with no float32 value anywhere in between. x64
-is a process-wide switch, so the check runs in a subprocess with ``JAX_ENABLE_X64=1`` (this file,
-run as a script). There every computation is traced once and its whole program (sub-programs of
-``scan``, ``cond``, ``vmap``, custom derivatives included) is searched for a floating value that is
-not float64; its outputs are checked the same way. The two guides are also compiled and fitted
-for a few SVI steps (the estimators, compiled, would cost half a minute more on two cores; their
-dtypes are fixed when traced). Each fit runs twice from the same key, the second time from a new
-guide, and both fits' parameters and draws come back to the test for a bitwise comparison.
+Float64: under ``jax_enable_x64`` (on for the whole suite, see ``conftest.py``) every estimator,
+objective, the entropy surrogate, ImplicitELBO and both autoguides compute in float64 throughout,
+with no float32 value anywhere in between. Every computation is traced once and its whole program
+(sub-programs of ``scan``, ``cond``, ``vmap``, custom derivatives included) is searched for a
+floating value that is not float64; its outputs are checked the same way. The two guides are also
+compiled and fitted for a few SVI steps (the estimators, compiled, would cost half a minute more
+on two cores; their dtypes are fixed when traced). Each fit runs twice from the same key, the
+second time from a new guide, and both fits' parameters and draws are compared bitwise.
 
 Determinism: the same PRNG key gives bitwise the same score-estimator update on CPU.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
-from helpers import run_as_script
 
 STEPS = 3  # SVI steps per fit
 
 
-# --- the float64 script (run in a subprocess with JAX_ENABLE_X64=1) -------------------------
+# --- float64 throughout ---------------------------------------------------------------------
 
 
 def _walk(jaxpr, where, problems, f64):
@@ -49,9 +42,9 @@ def _walk(jaxpr, where, problems, f64):
                     _walk(sub, where, problems, f64)
 
 
-def float64_report(out_dir: Path) -> dict:
-    """Trace, and for the guides run, everything on float64 inputs; write the guides' fits to
-    ``out_dir/fits.npz``; return the problems found."""
+def float64_report() -> dict:
+    """Trace, and for the guides run, everything on float64 inputs; return the problems found,
+    the guides' fits (``"fits"``) and the messages of calls that mix dtypes (``"mixed"``)."""
     import jax
     import jax.numpy as jnp
     import numpyro
@@ -210,8 +203,6 @@ def float64_report(out_dir: Path) -> dict:
         check_leaves(state, f"{name} svi.init")
         trace(f"{name} SVI step", svi.update, state, arg)
 
-    np.savez(out_dir / "fits.npz", **{k: np.asarray(v) for k, v in fits.items()})
-
     # Mixed dtypes: a state created from float32 samples meets float64 data.
     x32 = jnp.ones((6, 2), jnp.float32) + jnp.arange(12, dtype=jnp.float32).reshape(6, 2) / 7
     x64 = x32.astype(jnp.float64)
@@ -231,13 +222,16 @@ def float64_report(out_dir: Path) -> dict:
             mixed[name] = None
         except TypeError as e:
             mixed[name] = str(e)
-    return {"problems": list(dict.fromkeys(problems)), "mixed": mixed}
+    return {"problems": list(dict.fromkeys(problems)), "mixed": mixed,
+            "fits": {k: np.asarray(v) for k, v in fits.items()}}
 
 
 @pytest.fixture(scope="module")
-def float64_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("float64")
-    return run_as_script(__file__, out, env={"JAX_ENABLE_X64": "1"})
+def float64_run():
+    import jax
+
+    assert jax.config.jax_enable_x64, "conftest.py turns x64 on for the suite"
+    return float64_report()
 
 
 def test_float64_end_to_end(float64_run):
@@ -315,9 +309,3 @@ def test_estimator_update_is_bitwise_reproducible(name):
     other = jax.tree.leaves(update_and_score(jax.random.PRNGKey(4), x0, x1, q))
     assert np.array_equal(other[-1], first[-1]) == (not est.persistent)
 
-
-if __name__ == "__main__":
-    started = time.perf_counter()
-    result = float64_report(Path(sys.argv[1]))
-    result["script_seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result))

@@ -157,8 +157,13 @@ def test_mixture_score_approaches_the_score_as_components_grow():
         guide = AutoSemiImplicit(regression, score="mixture", num_components=c)
         svi = SVI(regression, guide, optax.adam(1e-3), ImplicitELBO(num_particles=2))
         params = svi.get_params(svi.init(jax.random.PRNGKey(0), X_REG, Y_REG))
-        with numpyro.handlers.seed(rng_seed=1), numpyro.handlers.substitute(data=params):
-            w, kwargs = guide._draw_latent((1000,))
+
+        @jax.jit  # one program, not one per operation
+        def draw(params, guide=guide):
+            with numpyro.handlers.seed(rng_seed=1), numpyro.handlers.substitute(data=params):
+                return guide._draw_latent((1000,))
+
+        w, kwargs = draw(params)
         assert set(kwargs) == {"score"}  # no estimator is fitted
         errors[c] = rel_err(kwargs["score"], -np.asarray(w))
     assert errors[256] < 0.03 < 0.1 < errors[16]
