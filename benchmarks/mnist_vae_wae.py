@@ -1,6 +1,6 @@
 """MNIST test log-likelihoods of VAEs with implicit encoders and of WAEs (Song et al., UAI 2019).
 
-Trains (or resumes) one configuration of :mod:`autoencoders` in the paper's setting — RMSProp
+Trains (or resumes) one configuration of :mod:`autoencoders` or :mod:`wasserstein` in the paper's setting — RMSProp
 1e-3, batch 128, 100k steps, every batch binarized afresh — and evaluates the test negative
 log-likelihood by the IWAE bound on the first ``--iwae-rows`` test images and by AIS (sigmoid
 schedule of 1000 temperatures, 16 chains, HMC with 10 leapfrog steps) on the first
@@ -49,8 +49,9 @@ from autoencoder_eval import (
     save_figure,
     semi_implicit_score_agreement,
 )
-from autoencoders import ACTIVATIONS, decoder_net, mlp, vae_svi, wae_svi
+from autoencoders import ACTIVATIONS, decoder_net, mlp, vae_svi
 from common import markdown_table, write_json
+from wasserstein import wae_svi
 
 from implicitvi import datasets, evaluation
 from implicitvi.infer import run_minibatch
