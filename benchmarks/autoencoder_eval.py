@@ -1,7 +1,7 @@
 """Evaluation of a trained MNIST autoencoder (used by ``mnist_vae_wae.py`` and ``machine.py``):
 the fixed binarized test set, the decoder's log-likelihood, encoder draws, the IWAE and AIS
 negative log-likelihoods with per-image values, the semi-implicit encoder's score agreement,
-and the figure of samples, reconstructions and the loss curve."""
+runs paired image by image, and the figure of samples, reconstructions and the loss curve."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from autoencoders import (
     semi_implicit_estimator,
     semi_implicit_frame,
 )
+from common import markdown_table
 
 from implicitvi import datasets, evaluation
 from implicitvi.infer import mixture_score
@@ -185,6 +186,25 @@ def per_image_summary(kind, log_likelihood):
     # np.mean defers to the JAX array's own reduction: its summation order sets the last digits.
     return {f"{kind}_nll": float(-np.mean(log_likelihood)), f"{kind}_nll_se": standard_error(log_likelihood),
             f"{kind}_nll_per_image": -np.asarray(log_likelihood), f"{kind}_rows": int(log_likelihood.size)}
+
+
+def paired_table(paths):
+    """Markdown table of the per-image AIS NLLs of runs (``NAME_per_image.npz`` files) paired
+    against the first file's: on the first n test images that both runs scored, the mean of
+    d = NLL(run) − NLL(first) and its standard error std(d) / √n."""
+    first = np.load(paths[0])["ais_nll_per_image"]
+    rows = []
+    for path in paths:
+        nll = np.load(path)["ais_nll_per_image"]
+        n = min(len(nll), len(first))
+        d = nll[:n] - first[:n]
+        se = d.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+        rows.append([run_label(path), n, f"{nll[:n].mean():.2f}", f"{d.mean():+.2f} ± {se:.2f}"])
+    return markdown_table(["run", "images", "AIS NLL", f"minus {run_label(paths[0])}, paired"], rows)
+
+
+def run_label(path):
+    return os.path.basename(path).removesuffix(".npz").removesuffix("_per_image")
 
 
 def save_figure(path, samples, test_x, reconstructions, losses, title):

@@ -46,6 +46,7 @@ from autoencoder_eval import (
     decoder_log_likelihood,
     encoder_draws,
     evaluate,
+    paired_table,
     save_figure,
     semi_implicit_score_agreement,
 )
@@ -229,28 +230,9 @@ def paper(args):
     return markdown_table(["model", "steps", "IWAE NLL (rows)", "AIS NLL (rows)", "paper (AIS)"], rows)
 
 
-def compare(paths):
-    """Markdown table of per-image AIS NLLs paired against the first file's: on the first n test
-    images that both runs scored, the mean of d = NLL(run) − NLL(first) and its standard error
-    std(d) / √n."""
-    first = np.load(paths[0])["ais_nll_per_image"]
-    rows = []
-    for path in paths:
-        nll = np.load(path)["ais_nll_per_image"]
-        n = min(len(nll), len(first))
-        d = nll[:n] - first[:n]
-        se = d.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
-        rows.append([run_label(path), n, f"{nll[:n].mean():.2f}", f"{d.mean():+.2f} ± {se:.2f}"])
-    return markdown_table(["run", "images", "AIS NLL", f"minus {run_label(paths[0])}, paired"], rows)
-
-
-def run_label(path):
-    return os.path.basename(path).removesuffix(".npz").removesuffix("_per_image")
-
-
 def main(args):
     if args.command == "compare":
-        print(compare(args.paths))
+        print(paired_table(args.paths))
     elif args.command == "paper":
         print(paper(args))
     else:
