@@ -273,8 +273,9 @@ def parse_args(argv=None):
                      default="implicit")
     vae.add_argument("--estimator", choices=["ssm", "stein", "ssge"], default="ssm")
     vae.add_argument("--kernel-samples", type=int, default=100, help="encoder draws per x for stein/ssge")
-    vae.add_argument("--frame-components", type=int, default=0,
-                     help="semi-implicit encoder: mixing draws for the moment frame of its score (0: none)")
+    vae.add_argument("--frame-components", type=int, default=None,
+                     help="semi-implicit encoder: mixing draws for the moment frame of its score "
+                          "(default 64; 0: none, as the checkpoints written before the frame)")
     vae.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
     vae.add_argument("--proposal-widen", type=float, default=1.5)
     wae = sub.add_parser("wae", help="train and evaluate one WAE")
@@ -296,10 +297,13 @@ def parse_args(argv=None):
         p.error(f"--latent-dim must be >= 1, got {args.latent_dim}")
     if args.command in ("vae", "wae") and args.ais_block < 1:
         p.error(f"--ais-block must be >= 1, got {args.ais_block}")
-    if args.command == "vae" and args.frame_components < 0:
-        p.error(f"--frame-components must be >= 0, got {args.frame_components}")
-    if args.command == "vae" and args.frame_components and args.encoder != "semi-implicit":
-        p.error(f"--frame-components applies to --encoder semi-implicit only, got --encoder {args.encoder}")
+    if args.command == "vae" and args.frame_components is not None:
+        if args.frame_components < 0:
+            p.error(f"--frame-components must be >= 0, got {args.frame_components}")
+        if args.frame_components and args.encoder != "semi-implicit":
+            p.error(f"--frame-components applies to --encoder semi-implicit only, got --encoder {args.encoder}")
+    elif args.command == "vae":
+        args.frame_components = 64 if args.encoder == "semi-implicit" else 0
     if args.command == "wae" and args.lam <= 0:
         p.error(f"--lam must be > 0, got {args.lam}")
     return args

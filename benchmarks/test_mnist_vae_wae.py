@@ -12,8 +12,9 @@ from mnist_vae_wae import main, parse_args, run_config, run_name
         (["vae", "--encoder", "gaussian", "--estimator", "stein"], "vae_gaussian_z8"),
         (["vae", "--estimator", "ssge", "--latent-dim", "32", "--seed", "1"], "vae_implicit_ssge_z32_seed1"),
         (["vae", "--encoder", "whitened", "--decoder-activation", "softplus"], "vae_whitened_ssm_z8_softplus"),
-        (["vae", "--encoder", "semi-implicit", "--estimator", "stein"], "vae_semi_implicit_z8"),
-        (["vae", "--encoder", "semi-implicit", "--frame-components", "64"], "vae_semi_implicit_frame64_z8"),
+        (["vae", "--encoder", "semi-implicit", "--estimator", "stein"], "vae_semi_implicit_frame64_z8"),
+        (["vae", "--encoder", "semi-implicit", "--frame-components", "0"], "vae_semi_implicit_z8"),
+        (["vae", "--encoder", "semi-implicit", "--frame-components", "16"], "vae_semi_implicit_frame16_z8"),
         (["wae", "--regularizer", "mmd", "--seed", "2"], "wae_mmd_z8_seed2"),
         (["wae", "--decoder-activation", "softplus"], "wae_ssm_z8_softplus"),
     ],
@@ -23,9 +24,11 @@ def test_runs_are_named_after_their_configuration(argv, name):
 
 
 def test_the_frame_enters_the_checkpoint_configuration_only_when_used():
-    assert "frame_components" not in run_config(parse_args(["vae", "--encoder", "semi-implicit"]))
-    frame = run_config(parse_args(["vae", "--encoder", "semi-implicit", "--frame-components", "64"]))
-    assert frame["frame_components"] == 64
+    # The semi-implicit encoder's frame is 64 draws unless told; 0 resumes the checkpoints
+    # written before the frame, whose configuration has no frame entry.
+    assert "frame_components" not in run_config(parse_args(["vae", "--encoder", "semi-implicit", "--frame-components", "0"]))
+    assert run_config(parse_args(["vae", "--encoder", "semi-implicit"]))["frame_components"] == 64
+    assert "frame_components" not in run_config(parse_args(["vae", "--encoder", "gaussian"]))
 
 
 def test_checkpoint_configurations_are_those_existing_checkpoints_hold():
