@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,6 @@ from autoencoders import (
 from common import markdown_table
 
 from implicitvi import datasets, evaluation
-from implicitvi.infer import mixture_score
 
 
 def binarized_test_images(data):
@@ -112,63 +112,41 @@ def blockwise_ais(key, args, log_lik, x, path, steps):
     return jnp.asarray(done), seconds
 
 
-def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws=16,
-                                  num_components=2**19, block=2**15, frame_components=0):
+def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws=16, chain_steps=8000,
+                                  pilot_steps=200, frame_components=0):
     """How well the semi-implicit encoder's score network tracks the score of q(w | x): at
     ``num_draws`` draws of w per row of ``x``, the correlation (pooled over draws, rows and
-    coordinates) of its scores with the mixture estimate
-    Σₖ ωₖ ∇ log q(w | x, ε₂ᵏ), ωₖ ∝ q(w | x, ε₂ᵏ), over the draw's own and ``num_components``
-    fresh mixing draws (a consistent estimate of the score; see ``AutoSemiImplicit(score=
-    "mixture")``), and the same correlation for the single conditional score −ε₁/s, the
-    network's regression target, and for −w, the score of the standard normal the encoder starts
-    at (the network's scores taken in the encoder's moment frame over ``frame_components``
-    mixing draws, if positive, and mapped back to w). The components are drawn per row and
-    summed in blocks of ``block`` (memory O(block)). Where few components lie near w the estimate leans towards the draw's own component, and so
-    towards −ε₁/s; ``"network_coarse"``, the network's correlation with the estimate over the
-    first eighth of the components, shows whether ``num_components`` is enough (the two agree).
-    Returns ``{"network", "network_coarse", "conditional", "normal"}``."""
-    block = min(block, num_components // 8)
-    if block < 1 or num_components % (8 * block):
-        raise ValueError(f"num_components must be a multiple of 8 * min(block, num_components // 8), "
-                         f"got {num_components} with block {block}")
+    coordinates) of its scores with a reference for ∇ log q(w | x) = E[∇ log q(w | x, ε₂) | w, x],
+    and the same correlation for the single conditional score −ε₁/s, the network's regression
+    target, and for −w, the score of the standard normal the encoder starts at (the network's
+    scores taken in the encoder's moment frame over ``frame_components`` mixing draws, if
+    positive, and mapped back to w).
+
+    The reference averages the conditional score −(w − m)/s² along two independent MALA chains
+    of ``chain_steps`` steps on ε₂ | w, x, each started at the draw's own ε₂. That start is an
+    exact draw of ε₂ | w, x, and the chain leaves that law invariant, so every state is one too:
+    the average is unbiased at any length, with no burn-in, and a chain that mixes slowly (in
+    high dimension, between modes) only makes it noisier. ``"chains"``, the correlation of the
+    two chains' averages, says how noisy; the reference is their mean. A pilot run of
+    ``pilot_steps`` from the same start sets each chain's step size (towards acceptance 0.6)
+    and is then discarded. Unlike a mixture over fresh mixing draws, whose weights collapse onto
+    the draw's own component as the dimension grows, this works at z = 32.
+    Returns ``{"network", "conditional", "normal", "chains"}``."""
     estimator = semi_implicit_estimator(1e-3)  # its network as trained (the rate plays no part)
     n, data_dim = x.shape
     k = params["encoder$params"][-1][1].shape[-1] // 2  # the latent dimension
     apply = noise_mlp(hidden, 2 * k, data_dim)[1]
     mixing = lambda x, e: apply(params["mixing$params"], x, e)  # noqa: E731
     gate = MIXING_RATE * params["mixing_gate"]
-    k_own, k_noise, k_fresh = jax.random.split(key, 3)
+    k_own, k_noise, k_chains = jax.random.split(key, 3)
     eps2 = jax.random.normal(k_own, (n, num_draws, k))
     eps1 = jax.random.normal(k_noise, (n, num_draws, k))
     m, s = semi_implicit_components(mixing, gate, x, eps2)
     w = m + s * eps1
-
-    def log_q_and_scores(w_i, m_k, s_k):
-        z = (w_i[:, None] - m_k) / s_k
-        return jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k
-
-    def reference(i, x_i, w_i, m_i, s_i):
-        # A running log-sum-exp of the weights and the weighted sum of scores, from the own
-        # component on: mixture_score over all components without holding them at once.
-        log_q, scores = log_q_and_scores(w_i, m_i[:, None], s_i[:, None])
-        start = (log_q[:, 0], scores[:, 0])
-
-        def add_block(carry, b):
-            lse, acc = carry
-            fresh = jax.random.normal(jax.random.fold_in(jax.random.fold_in(k_fresh, i), b), (1, block, k))
-            m_k, s_k = semi_implicit_components(mixing, gate, x_i[None], fresh)
-            log_q, scores = log_q_and_scores(w_i, m_k, s_k)
-            block_lse = jax.nn.logsumexp(log_q, -1)
-            new = jnp.logaddexp(lse, block_lse)
-            acc = acc * jnp.exp(lse - new)[:, None] + mixture_score(log_q, scores) * jnp.exp(block_lse - new)[:, None]
-            return (new, acc), None
-
-        blocks = num_components // block
-        coarse, _ = jax.lax.scan(add_block, start, jnp.arange(blocks // 8))
-        full, _ = jax.lax.scan(add_block, coarse, jnp.arange(blocks // 8, blocks))
-        return coarse[1], full[1]
-
-    coarse, ref = jax.lax.map(lambda a: reference(*a), (jnp.arange(n), x, w, m, s))
+    chains = jax.jit(jax.vmap(jax.vmap(partial(conditional_score_chains, mixing, gate, chain_steps=chain_steps,
+                                               pilot_steps=pilot_steps), in_axes=(0, None, 0, 0))))
+    ref_a, ref_b = chains(jax.random.split(k_chains, n * num_draws).reshape(n, num_draws, -1), x, w, eps2)
+    ref = 0.5 * (ref_a + ref_b)
     context = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
     mean, var = jnp.zeros((n, k)), jnp.ones((n, k))
     if frame_components:
@@ -177,8 +155,55 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     mean, sd = mean[:, None], jnp.sqrt(var)[:, None]
     net = estimator.score(score_state, ((w - mean) / sd).reshape(-1, k), context).reshape(w.shape) / sd
     corr = lambda a, b: float(jnp.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
-    return {"network": corr(net, ref), "network_coarse": corr(net, coarse),
-            "conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref)}
+    return {"network": corr(net, ref), "conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref),
+            "chains": corr(ref_a, ref_b)}
+
+
+def conditional_score_chains(mixing, gate, key, x, w, eps2, chain_steps, pilot_steps, target=0.6):
+    """The averages (k,), (k,) of −(w − m)/s² along two MALA chains on ε₂ | w, x for one draw w
+    (k,) of one row x (data_dim,), both started at its own ε₂ ``eps2`` (k,); see
+    :func:`semi_implicit_score_agreement`."""
+
+    def log_joint(e):
+        m, s = semi_implicit_components(mixing, gate, x[None], e[None])
+        m, s = m[0], s[0]
+        return jnp.sum(-0.5 * ((w - m) / s) ** 2 - jnp.log(s)) - 0.5 * jnp.sum(e**2), -(w - m) / s**2
+
+    value_and_grad = jax.value_and_grad(log_joint, has_aux=True)
+
+    def step(state, key, h):
+        e, log_p, grad, score = state
+        k_move, k_accept = jax.random.split(key)
+        proposal = e + h * grad + jnp.sqrt(2 * h) * jax.random.normal(k_move, e.shape)
+        (log_p_new, score_new), grad_new = value_and_grad(proposal)
+        forward = -jnp.sum((proposal - e - h * grad) ** 2) / (4 * h)
+        backward = -jnp.sum((e - proposal - h * grad_new) ** 2) / (4 * h)
+        log_accept = jnp.minimum(0.0, log_p_new - log_p + backward - forward)
+        accept = jnp.log(jax.random.uniform(k_accept)) < log_accept
+        state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), (proposal, log_p_new, grad_new, score_new), state)
+        return state, jnp.exp(log_accept)
+
+    (log_p, score), grad = value_and_grad(eps2)
+    start = (eps2, log_p, grad, score)
+
+    def pilot(carry, key):
+        state, log_h = carry
+        state, accept = step(state, key, jnp.exp(log_h))
+        return (state, log_h + 0.05 * (accept - target)), None
+
+    k_pilot, k_a, k_b = jax.random.split(key, 3)
+    (_, log_h), _ = jax.lax.scan(pilot, (start, jnp.log(0.05)), jax.random.split(k_pilot, pilot_steps))
+
+    def average(key):
+        def body(carry, key):
+            state, total = carry
+            state, _ = step(state, key, jnp.exp(log_h))
+            return (state, total + state[3]), None
+
+        (_, total), _ = jax.lax.scan(body, (start, score), jax.random.split(key, chain_steps))
+        return total / (chain_steps + 1)
+
+    return average(k_a), average(k_b)
 
 
 def per_image_summary(kind, log_likelihood):

@@ -128,11 +128,33 @@ def test_bad_flags_are_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_score_agreement_needs_components_in_whole_blocks():
-    from autoencoder_eval import semi_implicit_score_agreement
+def test_the_chains_average_the_conditional_score_to_the_mixtures_score():
+    # A 2-D encoder with a strong mixing network, where a mixture over 2¹⁶ fresh mixing draws
+    # is an accurate and independent reference: the chains' average must agree with it.
+    import jax
+    import jax.numpy as jnp
+    from autoencoder_eval import conditional_score_chains
+    from autoencoders import noise_mlp, semi_implicit_components
 
-    with pytest.raises(ValueError, match=r"num_components must be a multiple of 8 \* min\(block, num_components // 8\), got 100 with block 12"):
-        semi_implicit_score_agreement(None, None, None, None, (8,), num_components=100)
+    from implicitvi.infer import mixture_score
+
+    init, apply = noise_mlp((8,), 4, 5)
+    _, params = init(jax.random.PRNGKey(0), (-1, 5 + 2))
+    mixing = lambda x, e: apply(params, x, e)  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
+    eps2 = jax.random.normal(jax.random.PRNGKey(2), (6, 2))
+    m, s = semi_implicit_components(mixing, 3.0, x, eps2)
+    w = m + s * jax.random.normal(jax.random.PRNGKey(3), m.shape)
+    fresh = jax.random.normal(jax.random.PRNGKey(4), (6, 2**16, 2))
+    m_k, s_k = semi_implicit_components(mixing, 3.0, x, fresh)
+    z = (w[:, None] - m_k) / s_k
+    expected = mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k)
+    chains = jax.jit(jax.vmap(lambda k, x, w, e: conditional_score_chains(mixing, 3.0, k, x, w, e, 2000, 100)))
+    a, b = chains(jax.random.split(jax.random.PRNGKey(5), 6), x, w, eps2)
+    assert np.abs(m - 0.5**0.5 * eps2).max() > 0.3  # far from the gate-zero Gaussian
+    # (The chains' Monte Carlo error is about 0.05 of the largest score here; −w is off by 1.2.)
+    np.testing.assert_allclose((a + b) / 2, expected, atol=0.15 * np.abs(expected).max())
+    assert np.corrcoef(np.ravel(a + b), np.ravel(expected))[0, 1] > 0.99
 
 
 def test_the_paper_configurations_need_data(capsys):
@@ -143,7 +165,7 @@ def test_the_paper_configurations_need_data(capsys):
 
 @pytest.mark.parametrize("frame_components", [0, 64])
 def test_score_agreement_at_the_start_against_closed_forms(frame_components):
-    # At the start the mixing gate is zero: w = (ε₂ + ε₁)/√2 ~ N(0, I) given x, so the mixture
+    # At the start the mixing gate is zero: w = (ε₂ + ε₁)/√2 ~ N(0, I) given x, so the chains'
     # reference must be the score −w (correlation 1), the conditional score −√2 ε₁ has
     # correlation 1/√2 with it, and the normal-base network, whose output layer starts at zero
     # (score −w), agrees as −w does; in the moment frame of 64 mixing draws, nearly so.
@@ -158,8 +180,8 @@ def test_score_agreement_at_the_start_against_closed_forms(frame_components):
     state = svi.init(jax.random.PRNGKey(0), x, 2, (8,))
     r = semi_implicit_score_agreement(jax.random.PRNGKey(1), svi.get_params(state),
                                       state.mutable_state[state_name("z")]["score"], x, (8,),
-                                      num_draws=256, num_components=256, frame_components=frame_components)
-    assert r["normal"] > 0.99
+                                      num_draws=64, chain_steps=300, frame_components=frame_components)
+    assert r["normal"] > 0.99 and r["chains"] > 0.98
     assert abs(r["conditional"] - 0.5**0.5) < 0.03
     assert abs(r["network"] - r["normal"]) < (0.02 if frame_components else 1e-3)
 
