@@ -113,7 +113,7 @@ def blockwise_ais(key, args, log_lik, x, path, steps):
 
 
 def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws=16, chain_steps=8000,
-                                  pilot_steps=200, frame_components=0):
+                                  pilot_steps=200, skip_steps=2000, frame_components=0):
     """How well the semi-implicit encoder's score network tracks the score of q(w | x): at
     ``num_draws`` draws of w per row of ``x``, the correlation (pooled over draws, rows and
     coordinates) of its scores with a reference for ∇ log q(w | x) = E[∇ log q(w | x, ε₂) | w, x],
@@ -122,12 +122,15 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     scores taken in the encoder's moment frame over ``frame_components`` mixing draws, if
     positive, and mapped back to w).
 
-    The reference averages the conditional score −(w − m)/s² along two independent MALA chains
-    of ``chain_steps`` steps on ε₂ | w, x, each started at the draw's own ε₂. That start is an
-    exact draw of ε₂ | w, x, and the chain leaves that law invariant, so every state is one too:
-    the average is unbiased at any length, with no burn-in, and a chain that mixes slowly (in
-    high dimension, between modes) only makes it noisier. ``"chains"``, the correlation of the
-    two chains' averages, says how noisy; the reference is their mean. A pilot run of
+    The reference averages the conditional score −(w − m)/s² over ``chain_steps`` states of
+    two independent MALA chains on ε₂ | w, x, each started at the draw's own ε₂. That start is
+    an exact draw of ε₂ | w, x, and the chain leaves that law invariant, so every state is one
+    too: the average is unbiased at any length, with no burn-in, and a chain that mixes slowly
+    (in high dimension, between modes) only makes it noisier. Its noise is tied to the start,
+    though, whose conditional score is the target −ε₁/s itself, and that would overstate the
+    target's agreement; the first ``skip_steps`` states are therefore left out of the average.
+    ``"chains"``, the correlation of the two chains' averages, says how noisy the reference is;
+    it is their mean. A pilot run of
     ``pilot_steps`` from the same start sets each chain's step size (towards acceptance 0.6)
     and is then discarded. Unlike a mixture over fresh mixing draws, whose weights collapse onto
     the draw's own component as the dimension grows, this works at z = 32.
@@ -144,7 +147,8 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     m, s = semi_implicit_components(mixing, gate, x, eps2)
     w = m + s * eps1
     chains = jax.jit(jax.vmap(jax.vmap(partial(conditional_score_chains, mixing, gate, chain_steps=chain_steps,
-                                               pilot_steps=pilot_steps), in_axes=(0, None, 0, 0))))
+                                               pilot_steps=pilot_steps, skip_steps=skip_steps),
+                                       in_axes=(0, None, 0, 0))))
     ref_a, ref_b = chains(jax.random.split(k_chains, n * num_draws).reshape(n, num_draws, -1), x, w, eps2)
     ref = 0.5 * (ref_a + ref_b)
     context = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
@@ -159,10 +163,10 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
             "chains": corr(ref_a, ref_b)}
 
 
-def conditional_score_chains(mixing, gate, key, x, w, eps2, chain_steps, pilot_steps, target=0.6):
-    """The averages (k,), (k,) of −(w − m)/s² along two MALA chains on ε₂ | w, x for one draw w
-    (k,) of one row x (data_dim,), both started at its own ε₂ ``eps2`` (k,); see
-    :func:`semi_implicit_score_agreement`."""
+def conditional_score_chains(mixing, gate, key, x, w, eps2, chain_steps, pilot_steps, skip_steps, target=0.6):
+    """The averages (k,), (k,) of −(w − m)/s² over ``chain_steps`` states of two MALA chains on
+    ε₂ | w, x for one draw w (k,) of one row x (data_dim,), both started at its own ε₂ ``eps2``
+    (k,), after ``skip_steps`` states; see :func:`semi_implicit_score_agreement`."""
 
     def log_joint(e):
         m, s = semi_implicit_components(mixing, gate, x[None], e[None])
@@ -200,8 +204,10 @@ def conditional_score_chains(mixing, gate, key, x, w, eps2, chain_steps, pilot_s
             state, _ = step(state, key, jnp.exp(log_h))
             return (state, total + state[3]), None
 
-        (_, total), _ = jax.lax.scan(body, (start, score), jax.random.split(key, chain_steps))
-        return total / (chain_steps + 1)
+        k_skip, k_average = jax.random.split(key)
+        (state, _), _ = jax.lax.scan(body, (start, score), jax.random.split(k_skip, skip_steps))
+        (_, total), _ = jax.lax.scan(body, (state, jnp.zeros_like(score)), jax.random.split(k_average, chain_steps))
+        return total / chain_steps
 
     return average(k_a), average(k_b)
 

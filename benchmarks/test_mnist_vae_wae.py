@@ -149,7 +149,7 @@ def test_the_chains_average_the_conditional_score_to_the_mixtures_score():
     m_k, s_k = semi_implicit_components(mixing, 3.0, x, fresh)
     z = (w[:, None] - m_k) / s_k
     expected = mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k)
-    chains = jax.jit(jax.vmap(lambda k, x, w, e: conditional_score_chains(mixing, 3.0, k, x, w, e, 2000, 100)))
+    chains = jax.jit(jax.vmap(lambda k, x, w, e: conditional_score_chains(mixing, 3.0, k, x, w, e, 2000, 100, 200)))
     a, b = chains(jax.random.split(jax.random.PRNGKey(5), 6), x, w, eps2)
     assert np.abs(m - 0.5**0.5 * eps2).max() > 0.3  # far from the gate-zero Gaussian
     # (The chains' Monte Carlo error is about 0.05 of the largest score here; −w is off by 1.2.)
@@ -180,7 +180,8 @@ def test_score_agreement_at_the_start_against_closed_forms(frame_components):
     state = svi.init(jax.random.PRNGKey(0), x, 2, (8,))
     r = semi_implicit_score_agreement(jax.random.PRNGKey(1), svi.get_params(state),
                                       state.mutable_state[state_name("z")]["score"], x, (8,),
-                                      num_draws=64, chain_steps=300, frame_components=frame_components)
+                                      num_draws=64, chain_steps=300, skip_steps=50,
+                                      frame_components=frame_components)
     assert r["normal"] > 0.99 and r["chains"] > 0.98
     assert abs(r["conditional"] - 0.5**0.5) < 0.03
     assert abs(r["network"] - r["normal"]) < (0.02 if frame_components else 1e-3)
