@@ -104,9 +104,9 @@ def blockwise_ais(key, args, log_lik, x, path, steps):
         )
         done = np.concatenate([done, np.asarray(block.log_likelihood)])
         seconds += time.perf_counter() - start
-        partial = f"{path}.part.npz"  # written whole, then renamed: a stop mid-write loses nothing
-        np.savez(partial, settings=settings, log_likelihood=done, seconds=seconds)
-        os.replace(partial, path)
+        part_path = f"{path}.part.npz"  # written whole, then renamed: a stop mid-write loses nothing
+        np.savez(part_path, settings=settings, log_likelihood=done, seconds=seconds)
+        os.replace(part_path, path)
         print(f"AIS: {len(done)} of {len(x)} rows, {seconds:.0f} s", flush=True)
     # As one array from the device, so that the mean's summation order is that of a single call.
     return jnp.asarray(done), seconds
@@ -130,10 +130,10 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     though, whose conditional score is the target −ε₁/s itself, and that would overstate the
     target's agreement; the first ``skip_steps`` states are therefore left out of the average.
     ``"chains"``, the correlation of the two chains' averages, says how noisy the reference is;
-    it is their mean. A pilot run of
-    ``pilot_steps`` from the same start sets each chain's step size (towards acceptance 0.6)
-    and is then discarded. Unlike a mixture over fresh mixing draws, whose weights collapse onto
-    the draw's own component as the dimension grows, this works at z = 32.
+    it is their mean. A pilot run of ``pilot_steps`` from the same start sets the chains' step
+    size (towards acceptance 0.6) and is then discarded. Unlike a mixture over fresh mixing
+    draws, whose weights collapse onto the draw's own component as the dimension grows, this
+    works at z = 32.
     Returns ``{"network", "conditional", "normal", "chains"}``."""
     estimator = semi_implicit_estimator(1e-3)  # its network as trained (the rate plays no part)
     n, data_dim = x.shape
