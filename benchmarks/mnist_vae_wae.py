@@ -1,10 +1,10 @@
 """MNIST test log-likelihoods of VAEs with implicit encoders and of WAEs (Song et al., UAI 2019).
 
-Trains (or resumes) one configuration of :mod:`autoencoders` or :mod:`wasserstein` in the paper's setting — RMSProp
-1e-3, batch 128, 100k steps, every batch binarized afresh — and evaluates the test negative
-log-likelihood by the IWAE bound on the first ``--iwae-rows`` test images and by AIS (sigmoid
-schedule of 1000 temperatures, 16 chains, HMC with 10 leapfrog steps) on the first
-``--ais-rows``, all of one fixed binarization. Each run is named after its configuration
+Trains (or resumes) one configuration of :mod:`autoencoders` or :mod:`wasserstein` in the
+paper's setting — RMSProp 1e-3, batch 128, 100k steps, every batch binarized afresh — and
+evaluates the test negative log-likelihood by the IWAE bound on the first ``--iwae-rows`` test
+images and by AIS (sigmoid schedule of 1000 temperatures, 16 chains, HMC with 10 leapfrog steps)
+on the first ``--ais-rows``, all of one fixed binarization. Each run is named after its configuration
 (``vae_implicit_ssm_z8``, ``wae_mmd_z8_softplus_seed1``); ``--out-dir`` holds its checkpoint
 ``NAME.npz`` (a checkpoint of another configuration is refused), its results ``NAME.json``, its
 per-image values ``NAME_per_image.npz``, a figure ``NAME.png`` of samples, reconstructions and
