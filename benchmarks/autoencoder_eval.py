@@ -17,6 +17,7 @@ import numpyro.distributions as dist
 from autoencoders import (
     MIXING_RATE,
     decoder_net,
+    linearized_score,
     noise_mlp,
     semi_implicit_components,
     semi_implicit_estimator,
@@ -118,9 +119,10 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     ``num_draws`` draws of w per row of ``x``, the correlation (pooled over draws, rows and
     coordinates) of its scores with a reference for ∇ log q(w | x) = E[∇ log q(w | x, ε₂) | w, x],
     and the same correlation for the single conditional score −ε₁/s, the network's regression
-    target, and for −w, the score of the standard normal the encoder starts at (the network's
-    scores taken in the encoder's moment frame over ``frame_components`` mixing draws, if
-    positive, and mapped back to w).
+    target, for −w, the score of the standard normal the encoder starts at, and for the
+    :func:`linearized_score` at each draw (the network's scores taken in the encoder's moment
+    frame over ``frame_components`` mixing draws, if positive, and mapped back to w; no network
+    if ``score_state`` is None).
 
     The reference averages the conditional score −(w − m)/s² over ``chain_steps`` states of
     two independent MALA chains on ε₂ | w, x, each started at the draw's own ε₂. That start is
@@ -134,7 +136,7 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     size (towards acceptance 0.6) and is then discarded. Unlike a mixture over fresh mixing
     draws, whose weights collapse onto the draw's own component as the dimension grows, this
     works at z = 32.
-    Returns ``{"network", "conditional", "normal", "chains"}``."""
+    Returns ``{"network", "conditional", "normal", "linearized", "chains"}``."""
     estimator = semi_implicit_estimator(1e-3)  # its network as trained (the rate plays no part)
     n, data_dim = x.shape
     k = params["encoder$params"][-1][1].shape[-1] // 2  # the latent dimension
@@ -151,16 +153,20 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
                                        in_axes=(0, None, 0, 0))))
     ref_a, ref_b = chains(jax.random.split(k_chains, n * num_draws).reshape(n, num_draws, -1), x, w, eps2)
     ref = 0.5 * (ref_a + ref_b)
-    context = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
+    corr = lambda a, b: float(jnp.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
+    rows = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
+    linearized = linearized_score(mixing, gate, rows, eps2.reshape(-1, k), eps1.reshape(-1, k))
+    result = {"conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref),
+              "linearized": corr(linearized, ref), "chains": corr(ref_a, ref_b)}
+    if score_state is None:
+        return result
     mean, var = jnp.zeros((n, k)), jnp.ones((n, k))
     if frame_components:
         probes = jax.random.normal(jax.random.fold_in(key, 1), (n, frame_components, k))
         mean, var = semi_implicit_frame(mixing, gate, x, probes)
     mean, sd = mean[:, None], jnp.sqrt(var)[:, None]
-    net = estimator.score(score_state, ((w - mean) / sd).reshape(-1, k), context).reshape(w.shape) / sd
-    corr = lambda a, b: float(jnp.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
-    return {"network": corr(net, ref), "conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref),
-            "chains": corr(ref_a, ref_b)}
+    net = estimator.score(score_state, ((w - mean) / sd).reshape(-1, k), rows).reshape(w.shape) / sd
+    return {"network": corr(net, ref), **result}
 
 
 def conditional_score_chains(mixing, gate, key, x, w, eps2, chain_steps, pilot_steps, skip_steps, target=0.6):

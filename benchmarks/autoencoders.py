@@ -159,7 +159,33 @@ def semi_implicit_frame(mixing, gate, x, eps2):
     return m.mean(1), m.var(1) + (s**2).mean(1)
 
 
-def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE, frame_components=0):
+def linearized_score(mixing, gate, x, eps2, eps1):
+    r"""The score of w | x at the draw w = m(ε₂) + s(ε₂) ⊙ ε₁ (all (n, k)) with the mixing map
+    linearized at the draw's own ε₂ and s held there:
+
+    m(e) ≈ m + J (e − ε₂), J = ∂m/∂ε₂, so that under e ~ N(0, I), w ~ N(m − J ε₂, J Jᵀ + diag s²)
+    and its score at the draw is t = −(J Jᵀ + diag s²)⁻¹ (s ⊙ ε₁ + J ε₂).
+
+    Exact for an affine map with constant s, where t is a function of w alone. Otherwise it
+    depends on the draw's ε₂ too, and its error is the map's curvature over the spread of
+    ε₂ | w, against −ε₁/s, whose conditional mean is the score but whose own variance is 1/s².
+    One forward-mode Jacobian (k tangents) and one k × k solve per draw."""
+
+    def one(x_i, e2, e1):
+        m_of = lambda e: semi_implicit_components(mixing, gate, x_i[None], e[None])[0][0]  # noqa: E731
+        jac = jax.jacfwd(m_of)(e2)
+        scale = semi_implicit_components(mixing, gate, x_i[None], e2[None])[1][0]
+        cov = jac @ jac.T + jnp.diag(scale**2)
+        return -jnp.linalg.solve(cov, scale * e1 + jac @ e2)
+
+    return jax.vmap(one)(x, eps2, eps1)
+
+
+ENTROPY_SCORES = ("network", "linearized")
+
+
+def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE, frame_components=0,
+                          entropy_score="network"):
     """Guide z = μ(x) + σ(x) ⊙ w, w | x, ε₂ ~ N(m, diag s²) of :func:`semi_implicit_components`,
     whose gate starts at zero (w ~ N(0, I): the Gaussian encoder) and is stored divided by
     ``mixing_rate`` (under RMSProp it moves at that fraction of the rate). H[z | x] =
@@ -168,7 +194,12 @@ def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE, frame_components=0
     w̃ = (w − m̄(x)) / v̄(x)^½ of w's moments over C fresh mixing draws
     (:func:`semi_implicit_frame`; a constant affine map given x, so H[w | x] = H[w̃ | x] +
     ½ Σ log v̄(x)), where the network's normal base −w̃ is the moment-matched Gaussian's score
-    and the network learns only what q(w | x) adds to it; the target is v̄^½ ⊙ (−ε₁/s)."""
+    and the network learns only what q(w | x) adds to it; the target is v̄^½ ⊙ (−ε₁/s).
+    With ``entropy_score="linearized"`` no network is fitted: the entropy gradient takes
+    :func:`linearized_score` at each draw as the score of w (``estimator`` and the frame are
+    then unused)."""
+    if entropy_score not in ENTROPY_SCORES:
+        raise ValueError(f"entropy_score must be one of {ENTROPY_SCORES}, got {entropy_score!r}")
 
     def guide(x, latent_dim, hidden):
         batch, data_dim = x.shape
@@ -183,16 +214,19 @@ def semi_implicit_encoder(estimator, mixing_rate=MIXING_RATE, frame_components=0
         m, s = semi_implicit_components(mixing, gate, x, eps2)
         w = m + s * eps1
         latent, log_det, target = w, log_scale.sum(-1), -eps1 / s
-        if frame_components:
-            probes = jax.random.normal(key_frame[0], (batch, frame_components, latent_dim), x.dtype)
-            mean, var = semi_implicit_frame(mixing, gate, x, probes)
-            sd = jnp.sqrt(var)
-            latent, log_det, target = (w - mean) / sd, log_det + 0.5 * jnp.log(var).sum(-1), target * sd
+        if entropy_score == "linearized":
+            entropy = {"score": linearized_score(mixing, gate, x, eps2, eps1)}
+        else:
+            if frame_components:
+                probes = jax.random.normal(key_frame[0], (batch, frame_components, latent_dim), x.dtype)
+                mean, var = semi_implicit_frame(mixing, gate, x, probes)
+                sd = jnp.sqrt(var)
+                latent, log_det, target = (w - mean) / sd, log_det + 0.5 * jnp.log(var).sum(-1), target * sd
+            entropy = {"context": x, "estimator": estimator, "conditional_score": target}
         with numpyro.plate("batch", batch):
             implicit_sample(
                 "z", loc + jnp.exp(log_scale) * w, latent=latent, log_abs_det_jacobian=log_det,
-                support=constraints.real_vector, context=x, estimator=estimator,
-                conditional_score=target,
+                support=constraints.real_vector, **entropy,
             )
 
     return guide
@@ -214,17 +248,19 @@ def gaussian_encoder(x, latent_dim, hidden):
         numpyro.sample("z", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
 
 
-def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100, frame_components=0):
+def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100, frame_components=0,
+            entropy_score="network"):
     """SVI (RMSProp ``lr``) of the VAE with ``encoder`` in {implicit, whitened, semi-implicit,
     gaussian} and, for the first two, ``estimator`` in {ssm, stein, ssge} (the semi-implicit
-    encoder's is always a conditional network fitted by regression, in the moment frame of
-    ``frame_components`` mixing draws if that is positive)."""
+    encoder's is a conditional network fitted by regression, in the moment frame of
+    ``frame_components`` mixing draws if that is positive, or with ``entropy_score="linearized"``
+    the linearized score)."""
     model = bernoulli_decoder(activation)
     if encoder == "gaussian":
         return SVI(model, gaussian_encoder, optax.rmsprop(lr), Trace_ELBO())
     if encoder == "semi-implicit":
         est = semi_implicit_estimator(lr)
-        guide = semi_implicit_encoder(est, frame_components=frame_components)
+        guide = semi_implicit_encoder(est, frame_components=frame_components, entropy_score=entropy_score)
         return SVI(model, guide, optax.rmsprop(lr), ImplicitELBO(num_particles=1))
     # The whitened encoder's w is near-normal: its estimators shrink towards the normal score.
     base = "normal" if encoder == "whitened" else "zero"

@@ -50,7 +50,7 @@ from autoencoder_eval import (
     save_figure,
     semi_implicit_score_agreement,
 )
-from autoencoders import ACTIVATIONS, decoder_net, mlp, vae_svi
+from autoencoders import ACTIVATIONS, ENTROPY_SCORES, decoder_net, mlp, vae_svi
 from common import markdown_table, write_json
 from wasserstein import wae_svi
 
@@ -85,14 +85,17 @@ OWN_ESTIMATOR = ("gaussian", "semi-implicit")
 
 
 def run_name(args):
-    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}]_z{d}`` or ``wae_{regularizer}_z{d}``,
-    then ``_softplus`` for a softplus decoder and ``_seedN`` for a seed other than 0."""
+    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}][_linearized]_z{d}`` or
+    ``wae_{regularizer}_z{d}``, then ``_softplus`` for a softplus decoder and ``_seedN`` for a
+    seed other than 0."""
     if args.command == "vae":
         kind = args.encoder.replace("-", "_")
         if args.encoder not in OWN_ESTIMATOR:
             kind = f"{kind}_{args.estimator}"
         if args.frame_components:
             kind = f"{kind}_frame{args.frame_components}"
+        if args.entropy_score != "network":
+            kind = f"{kind}_{args.entropy_score}"
     else:
         kind = args.regularizer
     activation = "" if args.decoder_activation == "tanh" else f"_{args.decoder_activation}"
@@ -109,6 +112,8 @@ def run_config(args):
                  "kernel_samples": args.kernel_samples}
         if args.frame_components:  # absent at 0, as in the checkpoints written before the option
             model["frame_components"] = args.frame_components
+        if args.entropy_score != "network":  # likewise
+            model["entropy_score"] = args.entropy_score
     else:
         model = {"regularizer": args.regularizer, "lam": args.lam}
     activation = {} if args.decoder_activation == "softplus" else {"decoder_activation": args.decoder_activation}
@@ -153,7 +158,7 @@ def run(args):
     name = run_name(args)
     if args.command == "vae":
         svi = vae_svi(args.encoder, args.estimator, args.lr, args.decoder_activation, args.kernel_samples,
-                      args.frame_components)
+                      args.frame_components, args.entropy_score)
         model_args = (args.latent_dim, hidden)
     else:
         svi = wae_svi(args.regularizer, args.lr, args.decoder_activation)
@@ -276,6 +281,8 @@ def parse_args(argv=None):
     vae.add_argument("--frame-components", type=int, default=None,
                      help="semi-implicit encoder: mixing draws for the moment frame of its score "
                           "(default 64; 0: none, as the checkpoints written before the frame)")
+    vae.add_argument("--entropy-score", choices=ENTROPY_SCORES, default="network",
+                     help="semi-implicit encoder: its score network, or the linearized score at each draw")
     vae.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
     vae.add_argument("--proposal-widen", type=float, default=1.5)
     wae = sub.add_parser("wae", help="train and evaluate one WAE")
@@ -302,8 +309,13 @@ def parse_args(argv=None):
             p.error(f"--frame-components must be >= 0, got {args.frame_components}")
         if args.frame_components and args.encoder != "semi-implicit":
             p.error(f"--frame-components applies to --encoder semi-implicit only, got --encoder {args.encoder}")
+        if args.frame_components and args.entropy_score != "network":
+            p.error(f"--frame-components applies to --entropy-score network only, got {args.entropy_score}")
     elif args.command == "vae":
-        args.frame_components = 64 if args.encoder == "semi-implicit" else 0
+        network = args.encoder == "semi-implicit" and args.entropy_score == "network"
+        args.frame_components = 64 if network else 0
+    if args.command == "vae" and args.entropy_score != "network" and args.encoder != "semi-implicit":
+        p.error(f"--entropy-score applies to --encoder semi-implicit only, got --encoder {args.encoder}")
     if args.command == "wae" and args.lam <= 0:
         p.error(f"--lam must be > 0, got {args.lam}")
     return args

@@ -15,6 +15,8 @@ from mnist_vae_wae import main, parse_args, run_config, run_name
         (["vae", "--encoder", "semi-implicit", "--estimator", "stein"], "vae_semi_implicit_frame64_z8"),
         (["vae", "--encoder", "semi-implicit", "--frame-components", "0"], "vae_semi_implicit_z8"),
         (["vae", "--encoder", "semi-implicit", "--frame-components", "16"], "vae_semi_implicit_frame16_z8"),
+        (["vae", "--encoder", "semi-implicit", "--entropy-score", "linearized", "--latent-dim", "32"],
+         "vae_semi_implicit_linearized_z32"),
         (["wae", "--regularizer", "mmd", "--seed", "2"], "wae_mmd_z8_seed2"),
         (["wae", "--decoder-activation", "softplus"], "wae_ssm_z8_softplus"),
     ],
@@ -29,6 +31,11 @@ def test_the_frame_enters_the_checkpoint_configuration_only_when_used():
     assert "frame_components" not in run_config(parse_args(["vae", "--encoder", "semi-implicit", "--frame-components", "0"]))
     assert run_config(parse_args(["vae", "--encoder", "semi-implicit"]))["frame_components"] == 64
     assert "frame_components" not in run_config(parse_args(["vae", "--encoder", "gaussian"]))
+    # Likewise the entropy's score, a network in the checkpoints written before the option;
+    # the linearized score needs no frame.
+    assert "entropy_score" not in run_config(parse_args(["vae", "--encoder", "semi-implicit"]))
+    linearized = run_config(parse_args(["vae", "--encoder", "semi-implicit", "--entropy-score", "linearized"]))
+    assert linearized["entropy_score"] == "linearized" and "frame_components" not in linearized
 
 
 def test_checkpoint_configurations_are_those_existing_checkpoints_hold():
@@ -120,6 +127,10 @@ def test_compare_pairs_runs_image_by_image_on_the_images_both_scored(tmp_path, c
         (["--encoder", "gaussian", "--frame-components", "64"],
          "--frame-components applies to --encoder semi-implicit only, got --encoder gaussian"),
         (["--ais-block", "0"], "--ais-block must be >= 1, got 0"),
+        (["--entropy-score", "linearized"],
+         "--entropy-score applies to --encoder semi-implicit only, got --encoder implicit"),
+        (["--encoder", "semi-implicit", "--entropy-score", "linearized", "--frame-components", "64"],
+         "--frame-components applies to --entropy-score network only, got linearized"),
     ],
 )
 def test_bad_flags_are_named(argv, message, capsys):
@@ -163,12 +174,13 @@ def test_the_paper_configurations_need_data(capsys):
     assert "--data" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("frame_components", [0, 64])
-def test_score_agreement_at_the_start_against_closed_forms(frame_components):
+@pytest.mark.parametrize("frame_components, entropy_score", [(0, "network"), (64, "network"), (0, "linearized")])
+def test_score_agreement_at_the_start_against_closed_forms(frame_components, entropy_score):
     # At the start the mixing gate is zero: w = (ε₂ + ε₁)/√2 ~ N(0, I) given x, so the chains'
     # reference must be the score −w (correlation 1), the conditional score −√2 ε₁ has
-    # correlation 1/√2 with it, and the normal-base network, whose output layer starts at zero
-    # (score −w), agrees as −w does; in the moment frame of 64 mixing draws, nearly so.
+    # correlation 1/√2 with it, the linearized score is −w exactly, and the normal-base network,
+    # whose output layer starts at zero (score −w), agrees as −w does; in the moment frame of 64
+    # mixing draws, nearly so. An encoder on the linearized score has no network.
     import jax
     from autoencoder_eval import semi_implicit_score_agreement
     from autoencoders import vae_svi
@@ -176,7 +188,7 @@ def test_score_agreement_at_the_start_against_closed_forms(frame_components):
     from implicitvi.infer.primitives import state_name
 
     x = (np.random.default_rng(0).random((8, 6)) < 0.5).astype(np.float32)
-    svi = vae_svi("semi-implicit", None, 1e-3, frame_components=frame_components)
+    svi = vae_svi("semi-implicit", None, 1e-3, frame_components=frame_components, entropy_score=entropy_score)
     state = svi.init(jax.random.PRNGKey(0), x, 2, (8,))
     r = semi_implicit_score_agreement(jax.random.PRNGKey(1), svi.get_params(state),
                                       state.mutable_state[state_name("z")]["score"], x, (8,),
@@ -184,7 +196,11 @@ def test_score_agreement_at_the_start_against_closed_forms(frame_components):
                                       frame_components=frame_components)
     assert r["normal"] > 0.99 and r["chains"] > 0.98
     assert abs(r["conditional"] - 0.5**0.5) < 0.03
-    assert abs(r["network"] - r["normal"]) < (0.02 if frame_components else 1e-3)
+    assert abs(r["linearized"] - r["normal"]) < 1e-5
+    if entropy_score == "linearized":
+        assert "network" not in r
+    else:
+        assert abs(r["network"] - r["normal"]) < (0.02 if frame_components else 1e-3)
 
 
 def test_the_encoders_mixing_shift_is_centred_per_image_and_bounded():
@@ -232,3 +248,33 @@ def test_the_score_frame_holds_the_moments_of_the_encoders_draws():
     np.testing.assert_allclose(var, w.var(1), rtol=0.04)
     grad = jax.grad(lambda g: semi_implicit_frame(mixing, g, x, jnp.ones((2, 4, 3)))[1].sum())(3.0)
     assert grad == 0.0
+
+
+def test_the_linearized_target_is_the_normal_score_at_the_start_and_nearer_the_mixtures_score():
+    # At gate zero the map ε₂ ↦ ε₂/√2 is linear and s = 1/√2, so the linearized target is exactly
+    # the score −w of w ~ N(0, I). With a strongly mixing 2-D encoder it is nearer the mixture's
+    # score over 2¹⁶ fresh mixing draws than the unbiased but noisy conditional score −ε₁/s.
+    import jax
+    import jax.numpy as jnp
+    from autoencoders import linearized_score, noise_mlp, semi_implicit_components
+
+    from implicitvi.infer import mixture_score
+
+    init, apply = noise_mlp((8,), 4, 5)
+    _, params = init(jax.random.PRNGKey(0), (-1, 5 + 2))
+    mixing = lambda x, e: apply(params, x, e)  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 5))
+    eps2, eps1 = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 2))
+    m, s = semi_implicit_components(mixing, 0.0, x, eps2)
+    np.testing.assert_allclose(linearized_score(mixing, 0.0, x, eps2, eps1), -(m + s * eps1),
+                               rtol=1e-5, atol=1e-5)
+    m, s = semi_implicit_components(mixing, 3.0, x, eps2)
+    w = m + s * eps1
+    m_k, s_k = semi_implicit_components(mixing, 3.0, x, jax.random.normal(jax.random.PRNGKey(4), (64, 2**16, 2)))
+    z = (w[:, None] - m_k) / s_k
+    expected = np.ravel(mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k))
+    linearized = np.ravel(linearized_score(mixing, 3.0, x, eps2, eps1))
+    conditional = np.ravel(-eps1 / s)
+    # (Measured: 0.98 against 0.30.)
+    assert np.corrcoef(linearized, expected)[0, 1] > 0.95
+    assert np.corrcoef(conditional, expected)[0, 1] < 0.5
