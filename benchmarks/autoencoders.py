@@ -172,9 +172,11 @@ def linearized_score(mixing, gate, x, eps2, eps1):
     One forward-mode Jacobian (k tangents) and one k × k solve per draw."""
 
     def one(x_i, e2, e1):
-        m_of = lambda e: semi_implicit_components(mixing, gate, x_i[None], e[None])[0][0]  # noqa: E731
-        jac = jax.jacfwd(m_of)(e2)
-        scale = semi_implicit_components(mixing, gate, x_i[None], e2[None])[1][0]
+        def components(e):
+            m, s = semi_implicit_components(mixing, gate, x_i[None], e[None])
+            return m[0], s[0]
+
+        jac, scale = jax.jacfwd(components, has_aux=True)(e2)
         cov = jac @ jac.T + jnp.diag(scale**2)
         return -jnp.linalg.solve(cov, scale * e1 + jac @ e2)
 
