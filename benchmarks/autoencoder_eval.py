@@ -18,6 +18,7 @@ from autoencoders import (
     MIXING_RATE,
     decoder_net,
     linearized_score,
+    mode_score,
     noise_mlp,
     semi_implicit_components,
     semi_implicit_estimator,
@@ -120,7 +121,7 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     coordinates) of its scores with a reference for ∇ log q(w | x) = E[∇ log q(w | x, ε₂) | w, x],
     and the same correlation for the single conditional score −ε₁/s, the network's regression
     target, for −w, the score of the standard normal the encoder starts at, and for the
-    :func:`linearized_score` at each draw (the network's scores taken in the encoder's moment
+    :func:`linearized_score` and :func:`mode_score` at each draw (the network's scores taken in the encoder's moment
     frame over ``frame_components`` mixing draws, if positive, and mapped back to w; no network
     if ``score_state`` is None).
 
@@ -136,7 +137,7 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     size (towards acceptance 0.6) and is then discarded. Unlike a mixture over fresh mixing
     draws, whose weights collapse onto the draw's own component as the dimension grows, this
     works at z = 32.
-    Returns ``{"network", "conditional", "normal", "linearized", "chains"}``."""
+    Returns ``{"network", "conditional", "normal", "linearized", "mode", "chains"}``."""
     estimator = semi_implicit_estimator(1e-3)  # its network as trained (the rate plays no part)
     n, data_dim = x.shape
     k = params["encoder$params"][-1][1].shape[-1] // 2  # the latent dimension
@@ -156,8 +157,9 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     corr = lambda a, b: float(jnp.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
     rows = jnp.broadcast_to(x[:, None], (n, num_draws, data_dim)).reshape(-1, data_dim)
     linearized = linearized_score(mixing, gate, rows, eps2.reshape(-1, k), eps1.reshape(-1, k))
+    mode = mode_score(mixing, gate, rows, eps2.reshape(-1, k), w.reshape(-1, k))
     result = {"conditional": corr(-eps1 / s, ref), "normal": corr(-w, ref),
-              "linearized": corr(linearized, ref), "chains": corr(ref_a, ref_b)}
+              "linearized": corr(linearized, ref), "mode": corr(mode, ref), "chains": corr(ref_a, ref_b)}
     if score_state is None:
         return result
     mean, var = jnp.zeros((n, k)), jnp.ones((n, k))

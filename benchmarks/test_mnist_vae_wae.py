@@ -174,13 +174,15 @@ def test_the_paper_configurations_need_data(capsys):
     assert "--data" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("frame_components, entropy_score", [(0, "network"), (64, "network"), (0, "linearized")])
+@pytest.mark.parametrize("frame_components, entropy_score",
+                         [(0, "network"), (64, "network"), (0, "linearized"), (0, "mode")])
 def test_score_agreement_at_the_start_against_closed_forms(frame_components, entropy_score):
     # At the start the mixing gate is zero: w = (ε₂ + ε₁)/√2 ~ N(0, I) given x, so the chains'
     # reference must be the score −w (correlation 1), the conditional score −√2 ε₁ has
-    # correlation 1/√2 with it, the linearized score is −w exactly, and the normal-base network,
+    # correlation 1/√2 with it, the linearized score and the score at the mode (one
+    # Gauss–Newton step reaches it) are −w exactly, and the normal-base network,
     # whose output layer starts at zero (score −w), agrees as −w does; in the moment frame of 64
-    # mixing draws, nearly so. An encoder on the linearized score has no network.
+    # mixing draws, nearly so. An encoder on either of the first two has no network.
     import jax
     from autoencoder_eval import semi_implicit_score_agreement
     from autoencoders import vae_svi
@@ -196,8 +198,8 @@ def test_score_agreement_at_the_start_against_closed_forms(frame_components, ent
                                       frame_components=frame_components)
     assert r["normal"] > 0.99 and r["chains"] > 0.98
     assert abs(r["conditional"] - 0.5**0.5) < 0.03
-    assert abs(r["linearized"] - r["normal"]) < 1e-5
-    if entropy_score == "linearized":
+    assert abs(r["linearized"] - r["normal"]) < 1e-5 and abs(r["mode"] - r["normal"]) < 1e-5
+    if entropy_score != "network":
         assert "network" not in r
     else:
         assert abs(r["network"] - r["normal"]) < (0.02 if frame_components else 1e-3)
@@ -250,13 +252,19 @@ def test_the_score_frame_holds_the_moments_of_the_encoders_draws():
     assert grad == 0.0
 
 
-def test_the_linearized_target_is_the_normal_score_at_the_start_and_nearer_the_mixtures_score():
-    # At gate zero the map ε₂ ↦ ε₂/√2 is linear and s = 1/√2, so the linearized target is exactly
-    # the score −w of w ~ N(0, I). With a strongly mixing 2-D encoder it is nearer the mixture's
-    # score over 2¹⁶ fresh mixing draws than the unbiased but noisy conditional score −ε₁/s.
+def test_the_linearized_and_mode_scores_are_the_normal_score_at_the_start_and_near_the_mixtures():
+    # At gate zero the map ε₂ ↦ ε₂/√2 is linear and s = 1/√2, so the linearized score and the
+    # score at the mode are exactly the score −w of w ~ N(0, I). With a strongly mixing 2-D
+    # encoder both are near the mixture's score over 2¹⁶ fresh mixing draws, unlike the
+    # unbiased but noisy conditional score −ε₁/s.
     import jax
     import jax.numpy as jnp
-    from autoencoders import linearized_score, noise_mlp, semi_implicit_components
+    from autoencoders import (
+        linearized_score,
+        mode_score,
+        noise_mlp,
+        semi_implicit_components,
+    )
 
     from implicitvi.infer import mixture_score
 
@@ -268,13 +276,17 @@ def test_the_linearized_target_is_the_normal_score_at_the_start_and_nearer_the_m
     m, s = semi_implicit_components(mixing, 0.0, x, eps2)
     np.testing.assert_allclose(linearized_score(mixing, 0.0, x, eps2, eps1), -(m + s * eps1),
                                rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mode_score(mixing, 0.0, x, eps2, m + s * eps1), -(m + s * eps1),
+                               rtol=1e-5, atol=1e-5)
     m, s = semi_implicit_components(mixing, 3.0, x, eps2)
     w = m + s * eps1
     m_k, s_k = semi_implicit_components(mixing, 3.0, x, jax.random.normal(jax.random.PRNGKey(4), (64, 2**16, 2)))
     z = (w[:, None] - m_k) / s_k
     expected = np.ravel(mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k))
     linearized = np.ravel(linearized_score(mixing, 3.0, x, eps2, eps1))
+    mode = np.ravel(mode_score(mixing, 3.0, x, eps2, w))
     conditional = np.ravel(-eps1 / s)
-    # (Measured: 0.98 against 0.30.)
+    # (Measured: 0.98 and 0.99 against 0.30.)
     assert np.corrcoef(linearized, expected)[0, 1] > 0.95
+    assert np.corrcoef(mode, expected)[0, 1] > 0.95
     assert np.corrcoef(conditional, expected)[0, 1] < 0.5
