@@ -85,7 +85,7 @@ OWN_ESTIMATOR = ("gaussian", "semi-implicit")
 
 
 def run_name(args):
-    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}][_linearized]_z{d}`` or
+    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}][_{entropy score}]_z{d}`` or
     ``wae_{regularizer}_z{d}``, then ``_softplus`` for a softplus decoder and ``_seedN`` for a
     seed other than 0."""
     if args.command == "vae":
@@ -282,7 +282,8 @@ def parse_args(argv=None):
                      help="semi-implicit encoder: mixing draws for the moment frame of its score "
                           "(default 64; 0: none, as the checkpoints written before the frame)")
     vae.add_argument("--entropy-score", choices=ENTROPY_SCORES, default="network",
-                     help="semi-implicit encoder: its score network, or the linearized score at each draw")
+                     help="semi-implicit encoder: its score network, the linearized score at each draw, "
+                          "or the conditional score at the mode of the mixing noise")
     vae.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
     vae.add_argument("--proposal-widen", type=float, default=1.5)
     wae = sub.add_parser("wae", help="train and evaluate one WAE")
