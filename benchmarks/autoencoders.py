@@ -205,7 +205,7 @@ def mode_score(mixing, gate, x, eps2, w, steps=3):
             precision = jac.T @ (jac / s[:, None] ** 2) + jnp.eye(e.shape[0], dtype=e.dtype)
             return e + jnp.linalg.solve(precision, jac.T @ ((w_i - m) / s**2) - e), None
 
-        e, _ = jax.lax.scan(step, e, None, length=steps)
+        e, _ = jax.lax.scan(step, e.astype(jnp.result_type(e, w_i, components(e)[0])), None, length=steps)
         m, s = components(e)[1]
         return -(w_i - m) / s**2
 
