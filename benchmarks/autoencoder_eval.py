@@ -20,6 +20,7 @@ from autoencoders import (
     linearized_score,
     mode_score,
     noise_mlp,
+    row_components,
     semi_implicit_components,
     semi_implicit_estimator,
     semi_implicit_frame,
@@ -121,9 +122,9 @@ def semi_implicit_score_agreement(key, params, score_state, x, hidden, num_draws
     coordinates) of its scores with a reference for ∇ log q(w | x) = E[∇ log q(w | x, ε₂) | w, x],
     and the same correlation for the single conditional score −ε₁/s, the network's regression
     target, for −w, the score of the standard normal the encoder starts at, and for the
-    :func:`linearized_score` and :func:`mode_score` at each draw (the network's scores taken in the encoder's moment
-    frame over ``frame_components`` mixing draws, if positive, and mapped back to w; no network
-    if ``score_state`` is None).
+    :func:`linearized_score` and :func:`mode_score` at each draw (the network's scores taken
+    in the encoder's moment frame over ``frame_components`` mixing draws, if positive, and
+    mapped back to w; no network if ``score_state`` is None).
 
     The reference averages the conditional score −(w − m)/s² over ``chain_steps`` states of
     two independent MALA chains on ε₂ | w, x, each started at the draw's own ε₂. That start is
@@ -177,8 +178,7 @@ def conditional_score_chains(mixing, gate, key, x, w, eps2, chain_steps, pilot_s
     (k,), after ``skip_steps`` states; see :func:`semi_implicit_score_agreement`."""
 
     def log_joint(e):
-        m, s = semi_implicit_components(mixing, gate, x[None], e[None])
-        m, s = m[0], s[0]
+        m, s = row_components(mixing, gate, x, e)
         return jnp.sum(-0.5 * ((w - m) / s) ** 2 - jnp.log(s)) - 0.5 * jnp.sum(e**2), -(w - m) / s**2
 
     value_and_grad = jax.value_and_grad(log_joint, has_aux=True)

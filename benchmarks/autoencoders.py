@@ -159,6 +159,13 @@ def semi_implicit_frame(mixing, gate, x, eps2):
     return m.mean(1), m.var(1) + (s**2).mean(1)
 
 
+def row_components(mixing, gate, x_i, e):
+    """:func:`semi_implicit_components` ``(m, s)``, each (k,), of one row ``x_i`` (D,) at one
+    mixing draw ``e`` (k,)."""
+    m, s = semi_implicit_components(mixing, gate, x_i[None], e[None])
+    return m[0], s[0]
+
+
 def linearized_score(mixing, gate, x, eps2, eps1):
     r"""The score of w | x at the draw w = m(ε₂) + s(ε₂) ⊙ ε₁ (all (n, k)) with the mixing map
     linearized at the draw's own ε₂ and s held there:
@@ -172,11 +179,8 @@ def linearized_score(mixing, gate, x, eps2, eps1):
     One forward-mode Jacobian (k tangents) and one k × k solve per draw."""
 
     def one(x_i, e2, e1):
-        def components(e):
-            m, s = semi_implicit_components(mixing, gate, x_i[None], e[None])
-            return m[0], s[0]
-
-        jac, scale = jax.jacfwd(components, has_aux=True)(e2)
+        m_and_s = lambda e: row_components(mixing, gate, x_i, e)  # noqa: E731
+        jac, scale = jax.jacfwd(m_and_s, has_aux=True)(e2)
         cov = jac @ jac.T + jnp.diag(scale**2)
         return -jnp.linalg.solve(cov, scale * e1 + jac @ e2)
 
@@ -196,17 +200,19 @@ def mode_score(mixing, gate, x, eps2, w, steps=3):
     linearized score at the draw's own ε₂. One Jacobian and one k × k solve per step."""
 
     def one(x_i, w_i, e):
-        def components(e):
-            m, s = semi_implicit_components(mixing, gate, x_i[None], e[None])
-            return m[0], (m[0], s[0])
+        def m_and_both(e):
+            m, s = row_components(mixing, gate, x_i, e)
+            return m, (m, s)
 
         def step(e, _):
-            jac, (m, s) = jax.jacfwd(components, has_aux=True)(e)
+            jac, (m, s) = jax.jacfwd(m_and_both, has_aux=True)(e)
             precision = jac.T @ (jac / s[:, None] ** 2) + jnp.eye(e.shape[0], dtype=e.dtype)
             return e + jnp.linalg.solve(precision, jac.T @ ((w_i - m) / s**2) - e), None
 
-        e, _ = jax.lax.scan(step, e.astype(jnp.result_type(e, w_i, components(e)[0])), None, length=steps)
-        m, s = components(e)[1]
+        # Iterate in the dtype the step returns (the draws' and the mixing map's, promoted).
+        dtype = jnp.result_type(e, w_i, *jax.tree.leaves(jax.eval_shape(m_and_both, e)))
+        e, _ = jax.lax.scan(step, e.astype(dtype), None, length=steps)
+        m, s = row_components(mixing, gate, x_i, e)
         return -(w_i - m) / s**2
 
     return jax.vmap(one)(x, w, eps2)

@@ -139,27 +139,44 @@ def test_bad_flags_are_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def _strongly_mixing_2d_encoder():
+    """The mixing network of a 2-D semi-implicit encoder on 5-D rows, used at gate 3.0, where
+    q(w | x) is far from Gaussian but a mixture over fresh mixing draws is still an accurate
+    reference for its score."""
+    import jax
+    from autoencoders import noise_mlp
+
+    init, apply = noise_mlp((8,), 4, 5)
+    _, params = init(jax.random.PRNGKey(0), (-1, 5 + 2))
+    return lambda x, e: apply(params, x, e)
+
+
+def _mixture_score(mixing, gate, x, w, key):
+    """The score of q(w | x) at ``w`` (n, 2) as a mixture over 2¹⁶ fresh mixing draws per row."""
+    import jax
+    import jax.numpy as jnp
+    from autoencoders import semi_implicit_components
+
+    from implicitvi.infer import mixture_score
+
+    m_k, s_k = semi_implicit_components(mixing, gate, x, jax.random.normal(key, (x.shape[0], 2**16, 2)))
+    z = (w[:, None] - m_k) / s_k
+    return mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k)
+
+
 def test_the_chains_average_the_conditional_score_to_the_mixtures_score():
     # A 2-D encoder with a strong mixing network, where a mixture over 2¹⁶ fresh mixing draws
     # is an accurate and independent reference: the chains' average must agree with it.
     import jax
-    import jax.numpy as jnp
     from autoencoder_eval import conditional_score_chains
-    from autoencoders import noise_mlp, semi_implicit_components
+    from autoencoders import semi_implicit_components
 
-    from implicitvi.infer import mixture_score
-
-    init, apply = noise_mlp((8,), 4, 5)
-    _, params = init(jax.random.PRNGKey(0), (-1, 5 + 2))
-    mixing = lambda x, e: apply(params, x, e)  # noqa: E731
+    mixing = _strongly_mixing_2d_encoder()
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 5))
     eps2 = jax.random.normal(jax.random.PRNGKey(2), (6, 2))
     m, s = semi_implicit_components(mixing, 3.0, x, eps2)
     w = m + s * jax.random.normal(jax.random.PRNGKey(3), m.shape)
-    fresh = jax.random.normal(jax.random.PRNGKey(4), (6, 2**16, 2))
-    m_k, s_k = semi_implicit_components(mixing, 3.0, x, fresh)
-    z = (w[:, None] - m_k) / s_k
-    expected = mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k)
+    expected = _mixture_score(mixing, 3.0, x, w, jax.random.PRNGKey(4))
     chains = jax.jit(jax.vmap(lambda k, x, w, e: conditional_score_chains(mixing, 3.0, k, x, w, e, 2000, 100, 200)))
     a, b = chains(jax.random.split(jax.random.PRNGKey(5), 6), x, w, eps2)
     assert np.abs(m - 0.5**0.5 * eps2).max() > 0.3  # far from the gate-zero Gaussian
@@ -258,19 +275,9 @@ def test_the_linearized_and_mode_scores_are_the_normal_score_at_the_start_and_ne
     # encoder both are near the mixture's score over 2¹⁶ fresh mixing draws, unlike the
     # unbiased but noisy conditional score −ε₁/s.
     import jax
-    import jax.numpy as jnp
-    from autoencoders import (
-        linearized_score,
-        mode_score,
-        noise_mlp,
-        semi_implicit_components,
-    )
+    from autoencoders import linearized_score, mode_score, semi_implicit_components
 
-    from implicitvi.infer import mixture_score
-
-    init, apply = noise_mlp((8,), 4, 5)
-    _, params = init(jax.random.PRNGKey(0), (-1, 5 + 2))
-    mixing = lambda x, e: apply(params, x, e)  # noqa: E731
+    mixing = _strongly_mixing_2d_encoder()
     x = jax.random.normal(jax.random.PRNGKey(1), (64, 5))
     eps2, eps1 = jax.random.normal(jax.random.PRNGKey(2), (2, 64, 2))
     m, s = semi_implicit_components(mixing, 0.0, x, eps2)
@@ -280,9 +287,7 @@ def test_the_linearized_and_mode_scores_are_the_normal_score_at_the_start_and_ne
                                rtol=1e-5, atol=1e-5)
     m, s = semi_implicit_components(mixing, 3.0, x, eps2)
     w = m + s * eps1
-    m_k, s_k = semi_implicit_components(mixing, 3.0, x, jax.random.normal(jax.random.PRNGKey(4), (64, 2**16, 2)))
-    z = (w[:, None] - m_k) / s_k
-    expected = np.ravel(mixture_score(jnp.sum(-0.5 * z**2 - jnp.log(s_k), -1), -z / s_k))
+    expected = np.ravel(_mixture_score(mixing, 3.0, x, w, jax.random.PRNGKey(4)))
     linearized = np.ravel(linearized_score(mixing, 3.0, x, eps2, eps1))
     mode = np.ravel(mode_score(mixing, 3.0, x, eps2, w))
     conditional = np.ravel(-eps1 / s)
