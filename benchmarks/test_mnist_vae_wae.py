@@ -295,3 +295,10 @@ def test_the_linearized_and_mode_scores_are_the_normal_score_at_the_start_and_ne
     assert np.corrcoef(linearized, expected)[0, 1] > 0.95
     assert np.corrcoef(mode, expected)[0, 1] > 0.95
     assert np.corrcoef(conditional, expected)[0, 1] < 0.5
+
+
+def test_an_unknown_entropy_score_is_named():
+    from autoencoders import semi_implicit_encoder, semi_implicit_estimator
+
+    with pytest.raises(ValueError, match=r"entropy_score must be one of \('network', 'linearized', 'mode'\), got 'exact'"):
+        semi_implicit_encoder(semi_implicit_estimator(1e-3), entropy_score="exact")
