@@ -30,7 +30,7 @@ import numpyro.distributions as dist
 import optax
 from jax.example_libraries import stax
 from numpyro.distributions import constraints
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
 
 from implicitvi.estimators import SSGE, ScoreNet, Stein
 from implicitvi.infer import ImplicitELBO, implicit_sample
@@ -288,15 +288,20 @@ def gaussian_encoder(x, latent_dim, hidden):
 
 
 def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100, frame_components=0,
-            entropy_score="network"):
+            entropy_score="network", iwae_particles=1):
     """SVI (RMSProp ``lr``) of the VAE with ``encoder`` in {implicit, whitened, semi-implicit,
     gaussian} and, for the first two, ``estimator`` in {ssm, stein, ssge} (the semi-implicit
     encoder's is a conditional network fitted by regression, in the moment frame of
     ``frame_components`` mixing draws if that is positive; or, by ``entropy_score``, the
-    linearized score or the score at the mode)."""
+    linearized score or the score at the mode). The Gaussian encoder is trained by the ELBO or,
+    with ``iwae_particles = K > 1``, by the importance-weighted bound of K draws per image
+    (Burda et al. 2016; NumPyro's ``RenyiELBO`` at α = 0), log (1/K) Σₖ p(x, zₖ)/q(zₖ | x)."""
     model = bernoulli_decoder(activation)
     if encoder == "gaussian":
-        return SVI(model, gaussian_encoder, optax.rmsprop(lr), Trace_ELBO())
+        elbo = Trace_ELBO() if iwae_particles == 1 else RenyiELBO(alpha=0.0, num_particles=iwae_particles)
+        return SVI(model, gaussian_encoder, optax.rmsprop(lr), elbo)
+    if iwae_particles != 1:
+        raise ValueError(f"iwae_particles applies to the gaussian encoder only, got encoder={encoder!r}")
     if encoder == "semi-implicit":
         est = semi_implicit_estimator(lr)
         guide = semi_implicit_encoder(est, frame_components=frame_components, entropy_score=entropy_score)

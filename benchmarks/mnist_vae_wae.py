@@ -85,7 +85,7 @@ OWN_ESTIMATOR = ("gaussian", "semi-implicit")
 
 
 def run_name(args):
-    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}][_{entropy score}]_z{d}`` or
+    """File stem of a run: ``vae_{encoder}[_{estimator}][_frame{C}][_{entropy score}][_iwae{K}]_z{d}`` or
     ``wae_{regularizer}_z{d}``, then ``_softplus`` for a softplus decoder and ``_seedN`` for a
     seed other than 0."""
     if args.command == "vae":
@@ -96,6 +96,8 @@ def run_name(args):
             kind = f"{kind}_frame{args.frame_components}"
         if args.entropy_score != "network":
             kind = f"{kind}_{args.entropy_score}"
+        if args.iwae_particles > 1:
+            kind = f"{kind}_iwae{args.iwae_particles}"
     else:
         kind = args.regularizer
     activation = "" if args.decoder_activation == "tanh" else f"_{args.decoder_activation}"
@@ -114,6 +116,8 @@ def run_config(args):
             model["frame_components"] = args.frame_components
         if args.entropy_score != "network":  # likewise
             model["entropy_score"] = args.entropy_score
+        if args.iwae_particles > 1:  # likewise
+            model["iwae_particles"] = args.iwae_particles
     else:
         model = {"regularizer": args.regularizer, "lam": args.lam}
     activation = {} if args.decoder_activation == "softplus" else {"decoder_activation": args.decoder_activation}
@@ -158,7 +162,7 @@ def run(args):
     name = run_name(args)
     if args.command == "vae":
         svi = vae_svi(args.encoder, args.estimator, args.lr, args.decoder_activation, args.kernel_samples,
-                      args.frame_components, args.entropy_score)
+                      args.frame_components, args.entropy_score, args.iwae_particles)
         model_args = (args.latent_dim, hidden)
     else:
         svi = wae_svi(args.regularizer, args.lr, args.decoder_activation)
@@ -284,6 +288,9 @@ def parse_args(argv=None):
     vae.add_argument("--entropy-score", choices=ENTROPY_SCORES, default="network",
                      help="semi-implicit encoder: its score network, the linearized score at each draw, "
                           "or the conditional score at the mode of the mixing noise")
+    vae.add_argument("--iwae-particles", type=int, default=1,
+                     help="gaussian encoder: train by the importance-weighted bound of this many draws "
+                          "per image (default 1: the ELBO)")
     vae.add_argument("--proposal-draws", type=int, default=128, help="encoder draws for the IWAE proposal")
     vae.add_argument("--proposal-widen", type=float, default=1.5)
     wae = sub.add_parser("wae", help="train and evaluate one WAE")
@@ -317,6 +324,10 @@ def parse_args(argv=None):
         args.frame_components = 64 if network else 0
     if args.command == "vae" and args.entropy_score != "network" and args.encoder != "semi-implicit":
         p.error(f"--entropy-score applies to --encoder semi-implicit only, got --encoder {args.encoder}")
+    if args.command == "vae" and args.iwae_particles < 1:
+        p.error(f"--iwae-particles must be >= 1, got {args.iwae_particles}")
+    if args.command == "vae" and args.iwae_particles > 1 and args.encoder != "gaussian":
+        p.error(f"--iwae-particles applies to --encoder gaussian only, got --encoder {args.encoder}")
     if args.command == "wae" and args.lam <= 0:
         p.error(f"--lam must be > 0, got {args.lam}")
     return args
