@@ -296,6 +296,8 @@ def vae_svi(encoder, estimator, lr, activation="tanh", kernel_samples=100, frame
     linearized score or the score at the mode). The Gaussian encoder is trained by the ELBO or,
     with ``iwae_particles = K > 1``, by the importance-weighted bound of K draws per image
     (Burda et al. 2016; NumPyro's ``RenyiELBO`` at α = 0), log (1/K) Σₖ p(x, zₖ)/q(zₖ | x)."""
+    if not isinstance(iwae_particles, int) or iwae_particles < 1:
+        raise ValueError(f"iwae_particles must be an int >= 1, got {iwae_particles!r}")
     model = bernoulli_decoder(activation)
     if encoder == "gaussian":
         elbo = Trace_ELBO() if iwae_particles == 1 else RenyiELBO(alpha=0.0, num_particles=iwae_particles)

@@ -348,3 +348,12 @@ def test_the_importance_weighted_bound_is_per_image_and_reaches_the_likelihood()
     elbo = vae_svi("gaussian", None, 1e-3)
     assert abs(mean_loss(iwae, iwae_state) + exact) < 0.1
     assert mean_loss(elbo, state_at_prior(elbo)[0]) + exact > 10.0
+
+
+def test_vae_svi_names_a_bad_iwae_particles():
+    from autoencoders import vae_svi
+
+    with pytest.raises(ValueError, match=r"^iwae_particles must be an int >= 1, got 0$"):
+        vae_svi("gaussian", None, 1e-3, iwae_particles=0)
+    with pytest.raises(ValueError, match=r"^iwae_particles applies to the gaussian encoder only, got encoder='implicit'$"):
+        vae_svi("implicit", "ssm", 1e-3, iwae_particles=5)
